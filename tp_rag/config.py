@@ -1,0 +1,176 @@
+"""``TPConfig``: every setting of a TP encoder, validated when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from tp_rag.prompts import is_builtin, resolve_prompt
+
+Pooling = Literal["last", "mean"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+DTYPES: tuple[str, ...] = get_args(DType)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# Bumped whenever the way vectors are computed changes, so old fingerprints stop matching.
+_METHOD_VERSION = "tp-rag/1"
+
+# Settings that change how fast vectors come out, or their rounding, not the embedding space.
+_RUNTIME_FIELDS = frozenset({"batch_size", "device", "dtype", "model"})
+
+
+@dataclass(frozen=True)
+class TPConfig:
+    """Every setting of a Token Prepending encoder.
+
+    ``TPEncoder.from_pretrained`` fills in the model-dependent defaults (``None`` here) from the
+    authors' presets or the depth rule (see ``tp_rag.presets``) and resolves ``output_layer``
+    to a non-negative index.
+
+    >>> TPConfig(prompt="pcot", tp_start=1, tp_stop=3, output_layer=-2).pooling
+    'last'
+    """
+
+    model: str = ""
+    """Model name or local directory, as given (informational: the digest identifies weights)."""
+    model_digest: str = ""
+    """Content digest of the loaded weights; filled in by ``TPEncoder.from_pretrained``."""
+    prompt: str = "prompteol"
+    """Built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with
+    ``{text}`` and ``{pst}``."""
+    clean_text: bool | None = None
+    """Apply the paper's sentence clean-up; ``None`` means on for built-in prompts, off for
+    custom templates."""
+    tp: bool = True
+    """Token Prepending on (the placeholder is in the prompt and overwritten) or off."""
+    tp_start: int | None = None
+    """First decoder layer (0-based) before which the placeholder is overwritten."""
+    tp_stop: int | None = None
+    """TP runs before decoder layers ``tp_start <= i < tp_stop``."""
+    output_layer: int | None = None
+    """Readout layer in Hugging Face ``hidden_states`` indexing (0 = embeddings, -1 = last,
+    after the final norm)."""
+    pooling: Pooling = "last"
+    """``last``: the prompt's last token (the paper); ``mean``: the text's own tokens."""
+    normalize: bool = True
+    """L2-normalise the vectors."""
+    max_length: int = 512
+    """Longest prompt in tokens; longer texts are cut, the template always survives."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    dtype: DType = "auto"
+    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16``, ``float16``."""
+
+    def __post_init__(self) -> None:
+        resolve_prompt(self.prompt)  # raises ValueError listing the built-in prompt names
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(
+                f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N (N = GPU index), mps"
+            )
+        for name in ("max_length", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("tp_start", "tp_stop", "output_layer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} must be an integer")
+        if self.tp_start is not None and self.tp_start < 0:
+            raise ValueError(f"tp_start={self.tp_start} must be >= 0 (0-based layer index)")
+        if self.tp_start is not None and self.tp_stop is not None and self.tp_start >= self.tp_stop:
+            raise ValueError(
+                f"tp_start={self.tp_start} must be smaller than tp_stop={self.tp_stop}: TP runs "
+                "before layers tp_start <= i < tp_stop"
+            )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of all settings, e.g. to validate keyword arguments."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def check_keys(cls, settings: dict[str, Any], source: str) -> None:
+        """Raise ``TypeError`` naming any key of ``settings`` that is not a TPConfig field."""
+        unknown = sorted(set(settings) - set(cls.field_names()))
+        if unknown:
+            raise TypeError(
+                f"unknown setting(s) {', '.join(unknown)} in {source}; valid settings: "
+                f"{', '.join(cls.field_names())}"
+            )
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The prompt's templates (one, or eight for MetaEOL)."""
+        return resolve_prompt(self.prompt)
+
+    @property
+    def cleans_text(self) -> bool:
+        """Whether the paper's sentence clean-up applies."""
+        return is_builtin(self.prompt) if self.clean_text is None else self.clean_text
+
+    def replace(self, **changes: Any) -> TPConfig:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self, num_layers: int) -> TPConfig:
+        """Check the layer settings against a model's depth; make ``output_layer`` non-negative."""
+        missing = [n for n in ("tp_start", "tp_stop", "output_layer") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} must be set before resolving")
+        assert self.tp_stop is not None and self.output_layer is not None  # for type checkers
+        if self.tp_stop > num_layers:
+            raise ValueError(
+                f"tp_stop={self.tp_stop} is out of range: this model has {num_layers} decoder "
+                f"layers, so 1 <= tp_stop <= {num_layers}"
+            )
+        if not -(num_layers + 1) <= self.output_layer <= num_layers:
+            raise ValueError(
+                f"output_layer={self.output_layer} is out of range: this model has {num_layers} "
+                f"decoder layers, so output_layer must be in [{-(num_layers + 1)}, {num_layers}] "
+                "(Hugging Face hidden_states indexing: 0 = embeddings, -1 = last)"
+            )
+        return self.replace(output_layer=self.output_layer % (num_layers + 1))
+
+    def space(self) -> dict[str, Any]:
+        """The settings that define the embedding space (what ``fingerprint`` hashes)."""
+        space = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS
+        }
+        space["prompt"] = list(self.templates)
+        space["clean_text"] = self.cleans_text
+        space["method"] = _METHOD_VERSION
+        return space
+
+    def fingerprint(self) -> str:
+        """A short stable string that identifies the embedding space.
+
+        Two encoders with equal fingerprints give the same vectors up to floating-point rounding:
+        the fingerprint covers the weights (by content digest), the prompt text, clean-up, TP
+        settings, readout layer, pooling, normalisation and ``max_length``. It ignores
+        ``batch_size``, ``device`` and ``dtype``, and the model's name or path (the same weights
+        in another directory are the same model).
+
+        >>> a = TPConfig(model_digest="x", tp_start=1, tp_stop=3, output_layer=4)
+        >>> a.fingerprint() == a.replace(batch_size=8).fingerprint()
+        True
+        >>> a.fingerprint() == a.replace(tp=False).fingerprint()
+        False
+        """
+        canonical = json.dumps(self.space(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as a JSON-serialisable dict (``TPConfig(**d)`` rebuilds it)."""
+        return dataclasses.asdict(self)
