@@ -14,7 +14,7 @@ from typing import Any
 
 from tp_rag.config import DTYPES, POOLINGS
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("tp_rag.ingest", "tp_rag.evaluation")
 """Modules that add subcommands (``register(subparsers)``)."""
 
 _ENCODER_OPTIONS = (
