@@ -118,6 +118,20 @@ class TPEncoder:
             f"device={str(self._loaded.device)!r}, dtype={str(self._loaded.dtype)!r})"
         )
 
+    def with_settings(self, **changes: Any) -> TPEncoder:
+        """An encoder over the same loaded weights with other settings (no reload).
+
+        >>> enc.with_settings(tp_stop=5, output_layer=-2)  # doctest: +SKIP
+        """
+        TPConfig.check_keys(changes, "with_settings()")
+        fixed = sorted(set(changes) & {"model", "model_digest", "device", "dtype"})
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} select the loaded weights; load another encoder with "
+                "TPEncoder.from_pretrained(...) to change them"
+            )
+        return TPEncoder(self._loaded, self.config.replace(**changes).resolved(self._num_layers))
+
     @overload
     def encode(
         self,
@@ -138,7 +152,6 @@ class TPEncoder:
         batch_size: int | None = ...,
         show_progress: bool | None = ...,
     ) -> np.ndarray: ...
-    @torch.inference_mode()
     def encode(
         self,
         texts: str | Sequence[str],
@@ -158,14 +171,46 @@ class TPEncoder:
         >>> enc.encode("one text").shape  # doctest: +SKIP
         (896,)
         """
+        layer = self.config.output_layer
+        assert layer is not None  # resolved in __init__
+        return self.encode_layers(
+            texts,
+            [layer],
+            tp=tp,
+            prompt=prompt,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )[layer]
+
+    @torch.inference_mode()
+    def encode_layers(
+        self,
+        texts: str | Sequence[str],
+        layers: Sequence[int],
+        *,
+        tp: bool | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Embed texts read out at several layers in one forward pass per text.
+
+        ``layers`` are ``hidden_states`` indices (as ``output_layer``); the result maps each to
+        the vectors ``encode`` would give with that ``output_layer``. Used by ``tp-rag tune``.
+
+        >>> enc.encode_layers(["a", "b"], [10, 20, -1])[20].shape  # doctest: +SKIP
+        (2, 896)
+        """
         single = isinstance(texts, str)
         items = _check_texts(texts)
+        readout = {layer: self._layer_index(layer) for layer in layers}
         use_tp = self.config.tp if tp is None else bool(tp)
         templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
         if prompt is not None:
             self._check_max_length(templates)
         if not items:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            empty = np.zeros((0, self.dimension), dtype=np.float32)
+            return {layer: empty for layer in layers}
         if self.config.cleans_text:
             items = [clean_sentence(t) for t in items]
 
@@ -183,15 +228,32 @@ class TPEncoder:
             )
         pooled = self._run(
             features,
+            readout_layers=sorted(set(readout.values())),
             tp=use_tp,
             batch_size=batch_size or self.config.batch_size,
             show_progress=show_progress,
         )
-        if len(templates) > 1:  # MetaEOL: average the vectors of the prompts
-            pooled = pooled.reshape(len(items), len(templates), -1).mean(axis=1)
-        if self.config.normalize:
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return pooled[0] if single else pooled
+        result = {}
+        for layer, index in readout.items():
+            vectors = pooled[index]
+            if len(templates) > 1:  # MetaEOL: average the vectors of the prompts
+                vectors = vectors.reshape(len(items), len(templates), -1).mean(axis=1)
+            if self.config.normalize:
+                vectors = vectors / np.maximum(
+                    np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12
+                )
+            result[layer] = vectors[0] if single else vectors
+        return result
+
+    def _layer_index(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer {layer!r} must be an integer hidden_states index")
+        if not -(self._num_layers + 1) <= layer <= self._num_layers:
+            raise ValueError(
+                f"layer {layer} is out of range: this model has {self._num_layers} decoder "
+                f"layers, so layers must be in [{-(self._num_layers + 1)}, {self._num_layers}]"
+            )
+        return layer % (self._num_layers + 1)
 
     def _check_max_length(self, templates: Sequence[str]) -> None:
         for template in templates:
@@ -245,34 +307,36 @@ class TPEncoder:
         self,
         features: list[_Features],
         *,
+        readout_layers: list[int],
         tp: bool,
         batch_size: int,
         show_progress: bool | None,
-    ) -> np.ndarray:
-        """Forward the prompts in length-sorted batches; return pooled vectors in input order."""
+    ) -> dict[int, np.ndarray]:
+        """Forward the prompts in length-sorted batches; pooled vectors per layer, input order."""
         loaded = self._loaded
         order = sorted(range(len(features)), key=lambda i: -len(features[i].input_ids))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         if show_progress is None:
             show_progress = len(batches) >= _PROGRESS_MIN_BATCHES
-        out = np.empty((len(features), self.dimension), dtype=np.float32)
-        state = BatchState()
-        tp_layers = range(self.config.tp_start, self.config.tp_stop) if tp else range(0)  # type: ignore[arg-type]
+        out = {
+            layer: np.empty((len(features), self.dimension), dtype=np.float32)
+            for layer in readout_layers
+        }
+        state = BatchState(on_readout=lambda layer, hidden: None)
+        assert self.config.tp_start is not None and self.config.tp_stop is not None
+        tp_layers = range(self.config.tp_start, self.config.tp_stop) if tp else range(0)
         with (
             loaded.lock,
-            tp_hooks(
-                loaded.layers,
-                state,
-                tp_layers=tp_layers,
-                output_layer=self.config.output_layer,  # type: ignore[arg-type]
-            ),
+            tp_hooks(loaded.layers, state, tp_layers=tp_layers, readout_layers=readout_layers),
         ):
             for batch in tqdm(batches, desc="Batches", disable=not show_progress):
-                out[batch] = self._forward([features[i] for i in batch], state)
+                pooled = self._forward([features[i] for i in batch], state)
+                for layer, vectors in pooled.items():
+                    out[layer][batch] = vectors
         return out
 
-    def _forward(self, batch: list[_Features], state: BatchState) -> np.ndarray:
-        """One left-padded batch through the model up to the readout layer, pooled."""
+    def _forward(self, batch: list[_Features], state: BatchState) -> dict[int, np.ndarray]:
+        """One left-padded batch through the model up to the deepest readout layer, pooled."""
         loaded = self._loaded
         width = max(len(f.input_ids) for f in batch)
         pad_id = loaded.tokenizer.pad_token_id or 0
@@ -291,6 +355,17 @@ class TPEncoder:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
         device = loaded.device
+        text_mask = text_mask.to(device).unsqueeze(-1)  # (batch, seq, 1)
+        pooled: dict[int, np.ndarray] = {}
+
+        def pool(layer: int, hidden: torch.Tensor) -> None:  # hidden: (batch, seq, dim)
+            if self.config.pooling == "last":
+                vectors = hidden[:, -1]  # left padding puts every row's last token here
+            else:
+                vectors = (hidden.float() * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
+            pooled[layer] = vectors.float().cpu().numpy()
+
+        state.on_readout = pool
         state.placeholder_positions = placeholder.to(device)
         try:
             output = loaded.model(
@@ -299,18 +374,12 @@ class TPEncoder:
                 position_ids=position_ids.to(device),
                 use_cache=False,
             )
-            hidden = output.last_hidden_state  # (batch, seq, dim), after the final norm
-        except ReadoutReached as readout:
-            hidden = readout.hidden  # (batch, seq, dim), input of layer output_layer
+            pool(self._num_layers, output.last_hidden_state)  # after the final norm
+        except ReadoutReached:
+            pass
         finally:
             state.placeholder_positions = None
-
-        if self.config.pooling == "last":
-            pooled = hidden[:, -1]  # (batch, dim): left padding puts every last token here
-        else:
-            mask = text_mask.to(device).unsqueeze(-1)  # (batch, seq, 1)
-            pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return pooled.float().cpu().numpy()
+        return pooled
 
 
 def _check_texts(texts: Any) -> list[str]:

@@ -11,8 +11,9 @@ Batches are left-padded, so the last token of every row sits at position ``-1``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,17 +21,17 @@ from torch import nn
 
 
 class ReadoutReached(Exception):
-    """Raised by the readout hook to end the forward pass early; carries the hidden states."""
-
-    def __init__(self, hidden: torch.Tensor) -> None:
-        super().__init__("readout layer reached")
-        self.hidden = hidden
+    """Raised by the last readout hook to end the forward pass early."""
 
 
+@dataclass
 class BatchState:
-    """Per-batch data the hooks read: the placeholder's position in each row."""
+    """Per-batch data the hooks share with the encoder."""
 
-    placeholder_positions: torch.Tensor | None = None  # (batch,) long, on the model's device
+    on_readout: Callable[[int, torch.Tensor], None]
+    """Called with ``(hidden_states index, hidden states)`` at each readout layer."""
+    placeholder_positions: torch.Tensor | None = None
+    """(batch,) long, on the model's device: where ``<PST>`` sits in each row."""
 
 
 def _hidden_states(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -43,15 +44,18 @@ def tp_hooks(
     state: BatchState,
     *,
     tp_layers: range,
-    output_layer: int,
+    readout_layers: Sequence[int],
 ) -> Iterator[None]:
     """Install the TP and readout hooks on ``layers`` for the duration of the block.
 
-    ``tp_layers`` are the 0-based indices of the layers TP runs before (empty for TP off);
-    ``output_layer`` is the ``hidden_states`` index read out (``len(layers)`` means the model's
-    own final output, after its final norm, so no readout hook is needed). The hooks are removed
-    when the block ends, also on error.
+    ``tp_layers`` are the 0-based indices of the layers TP runs before (empty for TP off).
+    ``readout_layers`` are ``hidden_states`` indices (``0 <= i <= len(layers)``): the input of
+    layer ``i`` is passed to ``state.on_readout(i, hidden)``, and the hook of the deepest one
+    raises ``ReadoutReached`` so no later layer runs. Index ``len(layers)`` is the model's own
+    output, after its final norm; the caller reads it from the forward's result. The hooks are
+    removed when the block ends, also on error.
     """
+    deepest = max(readout_layers)
 
     def overwrite_placeholder(
         module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -60,19 +64,25 @@ def tp_hooks(
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         hidden[rows, state.placeholder_positions] = hidden[:, -1].clone()
 
-    def read_out(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        # The input of layer i is hidden_states[i]; the overwrite (if TP also runs before this
-        # layer) touches only the placeholder, which no pooling reads.
-        raise ReadoutReached(_hidden_states(args, kwargs))
+    def reader(index: int) -> Callable[..., None]:
+        def read_out(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # Registered before any TP hook of the same layer: the readout is hidden_states[i].
+            # (The overwrite would touch only the placeholder, which no pooling reads anyway.)
+            state.on_readout(index, _hidden_states(args, kwargs))
+            if index == deepest:
+                raise ReadoutReached
+
+        return read_out
 
     handles = []
     try:
-        if output_layer < len(layers):
-            handles.append(
-                layers[output_layer].register_forward_pre_hook(read_out, with_kwargs=True)
-            )
+        for index in sorted(set(readout_layers)):
+            if index < len(layers):
+                handles.append(
+                    layers[index].register_forward_pre_hook(reader(index), with_kwargs=True)
+                )
         for index in tp_layers:
-            if index < output_layer:  # layers past the readout never run
+            if index < deepest:  # layers past the deepest readout never run
                 handles.append(
                     layers[index].register_forward_pre_hook(overwrite_placeholder, with_kwargs=True)
                 )
