@@ -217,13 +217,17 @@ class TPEncoder:
         features = [
             self._tokenize(text, template, tp=use_tp) for text in items for template in templates
         ]
-        truncated = sum(f.truncated for f in features)
+        per_text = len(templates)
+        truncated = sum(
+            any(f.truncated for f in features[i : i + per_text])
+            for i in range(0, len(features), per_text)
+        )
         if truncated:
             logger.warning(
-                "%d of %d prompts exceeded max_length=%d tokens; their texts were cut "
-                "(the template and placeholder were kept).",
+                "%d of %d texts did not fit into max_length=%d tokens and were cut "
+                "(the prompt template and placeholder were kept).",
                 truncated,
-                len(features),
+                len(items),
                 self.config.max_length,
             )
         pooled = self._run(

@@ -29,8 +29,8 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 """The model used when none is given: small, ungated, runs on a laptop CPU."""
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
-"""How a newly added ``<PST>`` row is initialised: the mean of the input-embedding rows of all
-tokens that precede it in the vocabulary, computed in float32. Deterministic, so separate
+"""How a newly added ``<PST>`` row is initialised: the mean of the checkpoint's input-embedding
+rows below the ``<PST>`` id, computed in float32. Deterministic, so separate
 processes give identical vectors; the paper finds the initialisation does not matter."""
 
 
@@ -136,12 +136,15 @@ def _add_placeholder(model: nn.Module, tokenizer: Any) -> int:
     tokenizer.add_tokens([PLACEHOLDER])
     placeholder_id = int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
     embeddings = model.get_input_embeddings()
-    if placeholder_id >= embeddings.weight.shape[0]:
+    checkpoint_rows = embeddings.weight.shape[0]
+    if placeholder_id >= checkpoint_rows:
         model.resize_token_embeddings(placeholder_id + 1, mean_resizing=False)
         embeddings = model.get_input_embeddings()
     with torch.no_grad():
         weight = embeddings.weight
-        weight[placeholder_id] = weight[:placeholder_id].float().mean(0).to(weight.dtype)
+        mean = weight[: min(placeholder_id, checkpoint_rows)].float().mean(0)
+        # Rows the resize added (normally just <PST>'s) get the same deterministic value.
+        weight[min(placeholder_id, checkpoint_rows) : placeholder_id + 1] = mean.to(weight.dtype)
     return placeholder_id
 
 

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     Gemma2Config,
     GPT2Config,
     LlamaConfig,
@@ -109,17 +110,26 @@ def save_tiny_model(
     num_layers: int = 4,
     hidden_size: int = 64,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    vocab_size: int | None = None,
+    intermediate_size: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Save a random-weight causal LM and its tokenizer (safetensors) into ``directory``."""
+    """Save a random-weight causal LM and its tokenizer (safetensors) into ``directory``.
+
+    ``vocab_size`` (at least the tokenizer's size) pads the embedding table, as real models do.
+    """
     if tokenizer is None:
         tokenizer = tiny_tokenizer(add_bos=architecture in ("llama", "mistral", "gemma2"))
-    config = tiny_config(
-        architecture, vocab_size=len(tokenizer), num_layers=num_layers, hidden_size=hidden_size
-    )
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    # AutoTokenizer may pick an architecture's own tokenizer class, which can add tokens:
+    # size the vocabulary on what loading the directory really gives.
+    config = tiny_config(architecture, vocab_size=1, num_layers=num_layers, hidden_size=hidden_size)
+    config.save_pretrained(directory)
+    config.vocab_size = max(len(AutoTokenizer.from_pretrained(directory)), vocab_size or 0)
+    if intermediate_size is not None:
+        config.intermediate_size = intermediate_size
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    directory = Path(directory)
     model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
     return directory

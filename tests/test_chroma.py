@@ -1,0 +1,252 @@
+"""The Chroma embedding function: vectors, query prompts, config round trips, one model load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+chromadb = pytest.importorskip("chromadb")
+
+from tp_rag import TPEncoder, loading  # noqa: E402
+from tp_rag.chroma import TPEmbeddingFunction  # noqa: E402
+from tp_rag.testing import save_tiny_model  # noqa: E402
+
+DOCS = {
+    "guitar": "A man is playing a guitar on the stage.",
+    "onion": "A woman is slicing an onion in the kitchen.",
+    "stocks": "Stocks fell sharply after the central bank raised interest rates.",
+}
+QUERY_PROMPT = 'This question : {pst}"{text}" asks in one word:"'
+
+
+def _run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (no modules or caches shared with this process)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"},
+    )
+
+
+@pytest.fixture(scope="module")
+def ef(tiny_llama: Path) -> TPEmbeddingFunction:
+    return TPEmbeddingFunction(str(tiny_llama), query_prompt=QUERY_PROMPT)
+
+
+def test_import_tp_rag_does_not_import_chromadb() -> None:
+    """Chroma is an optional extra: ``import tp_rag`` must work without touching chromadb."""
+    result = _run_python("import sys, tp_rag; print('chromadb' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_missing_chromadb_gives_the_pip_command() -> None:
+    """Without chromadb, importing tp_rag.chroma says exactly what to install."""
+    code = """
+        import sys
+        sys.modules["chromadb"] = None  # what an absent package looks like to import
+        try:
+            import tp_rag.chroma
+        except ImportError as error:
+            print(error)
+        """
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert 'pip install "tp-rag[chroma]"' in result.stdout
+
+
+def test_call_returns_the_encoder_vectors(ef: TPEmbeddingFunction) -> None:
+    """Documents are embedded by the encoder as one float32 vector each, in input order."""
+    texts = list(DOCS.values())
+    vectors = ef(texts)
+    assert isinstance(vectors, list) and len(vectors) == len(texts)
+    assert all(v.dtype == np.float32 and v.shape == (ef.encoder.dimension,) for v in vectors)
+    np.testing.assert_allclose(np.stack(vectors), ef.encoder.encode(texts), atol=1e-6)
+
+
+def test_a_bare_string_is_refused(ef: TPEmbeddingFunction) -> None:
+    """Chroma's input is a list of texts; one string fails with the fix instead of a bad shape."""
+    with pytest.raises(TypeError, match="list of texts"):
+        ef("A man is playing a guitar.")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="list of texts"):
+        ef.embed_query("A man is playing a guitar.")  # type: ignore[arg-type]
+
+
+def test_embed_query_uses_the_query_prompt(ef: TPEmbeddingFunction) -> None:
+    """Queries use ``query_prompt``; documents keep the configured prompt."""
+    query = ["Who is playing music?"]
+    expected = ef.encoder.encode(query, prompt=QUERY_PROMPT)
+    np.testing.assert_allclose(np.stack(ef.embed_query(query)), expected, atol=1e-6)
+    assert not np.allclose(np.stack(ef(query)), expected, atol=1e-4)
+
+
+def test_embed_query_without_query_prompt_matches_documents(tiny_llama: Path) -> None:
+    """With no ``query_prompt``, a query is embedded exactly like a document."""
+    ef = TPEmbeddingFunction(str(tiny_llama))
+    query = ["Who is playing music?"]
+    np.testing.assert_allclose(np.stack(ef.embed_query(query)), np.stack(ef(query)), atol=1e-6)
+
+
+def test_tp_setting_reaches_the_encoder(tiny_llama: Path) -> None:
+    """``tp=False`` gives the vectors of the encoder with TP off, not TP on."""
+    texts = list(DOCS.values())
+    on, off = TPEmbeddingFunction(str(tiny_llama)), TPEmbeddingFunction(str(tiny_llama), tp=False)
+    np.testing.assert_allclose(np.stack(off(texts)), on.encoder.encode(texts, tp=False), atol=1e-6)
+    assert not np.allclose(np.stack(off(texts)), np.stack(on(texts)), atol=1e-4)
+
+
+def test_from_encoder_shares_the_encoder_and_overrides_tp(tiny_llama: Path) -> None:
+    """``from_encoder`` wraps an existing encoder without loading anything; ``tp`` overrides."""
+    encoder = TPEncoder.from_pretrained(tiny_llama)
+    before = loading.load_count
+    ef = TPEmbeddingFunction.from_encoder(encoder, tp=False)
+    assert ef.encoder is encoder and loading.load_count == before
+    texts = list(DOCS.values())
+    np.testing.assert_allclose(np.stack(ef(texts)), encoder.encode(texts, tp=False), atol=1e-6)
+    assert ef.get_config()["tp"] is False
+
+
+def test_from_encoder_rejects_other_objects() -> None:
+    """A wrong object fails at once with a message naming the expected type."""
+    with pytest.raises(TypeError, match="TPEncoder"):
+        TPEmbeddingFunction.from_encoder("Qwen/Qwen2.5-0.5B-Instruct")  # type: ignore[arg-type]
+
+
+def test_bad_settings_fail_with_clear_errors(tiny_llama: Path) -> None:
+    """Misspelt settings and bad templates name the problem (checked by the core)."""
+    with pytest.raises(TypeError, match=r"tp_stpo.*valid settings"):
+        TPEmbeddingFunction(str(tiny_llama), tp_stpo=3)
+    with pytest.raises(ValueError, match=r"\{text\}"):
+        TPEmbeddingFunction(str(tiny_llama), query_prompt="no placeholders here")
+
+
+def test_wrong_model_name_says_how_to_use_a_local_directory(tmp_path: Path) -> None:
+    """An unloadable model names the model and explains how to point at a local directory."""
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(OSError, match="no-such-model") as info:
+        TPEmbeddingFunction(missing)
+    assert "local directory" in str(info.value)
+
+
+def test_name_and_registration() -> None:
+    """Chroma finds the class under ``tp_rag`` when it rebuilds a stored collection."""
+    from chromadb.utils.embedding_functions import known_embedding_functions
+
+    assert TPEmbeddingFunction.name() == "tp_rag"
+    assert known_embedding_functions["tp_rag"] is TPEmbeddingFunction
+
+
+def test_config_is_json_and_rebuilds_the_same_function(ef: TPEmbeddingFunction) -> None:
+    """``get_config`` survives JSON and ``build_from_config`` gives identical vectors."""
+    config = json.loads(json.dumps(ef.get_config()))
+    rebuilt = TPEmbeddingFunction.build_from_config(config)
+    assert rebuilt.fingerprint() == ef.fingerprint() == config["fingerprint"]
+    texts = list(DOCS.values())
+    np.testing.assert_allclose(np.stack(rebuilt(texts)), np.stack(ef(texts)), atol=1e-6)
+    query = ["Who is playing music?"]
+    np.testing.assert_allclose(
+        np.stack(rebuilt.embed_query(query)), np.stack(ef.embed_query(query)), atol=1e-6
+    )
+
+
+def test_config_stores_resolved_layers_and_an_absolute_path(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored config pins the layers and does not depend on the working directory."""
+    monkeypatch.chdir(tiny_llama.parent)
+    config = TPEmbeddingFunction(tiny_llama.name).get_config()
+    assert config["model"] == str(tiny_llama.resolve())
+    assert all(isinstance(config[k], int) for k in ("tp_start", "tp_stop", "output_layer"))
+
+
+def test_rebuild_with_other_weights_is_refused(ef: TPEmbeddingFunction) -> None:
+    """A stored fingerprint that the rebuilt function does not match raises, naming the fix."""
+    config = {**ef.get_config(), "fingerprint": "0000000000000000"}
+    with pytest.raises(ValueError, match="re-embed the collection"):
+        TPEmbeddingFunction.build_from_config(config)
+
+
+def test_unstorable_model_kwargs_are_reported(tiny_llama: Path, tmp_path: Path) -> None:
+    """Values Chroma cannot store as JSON fail in ``get_config`` with the fix in the message."""
+    ef = TPEmbeddingFunction(
+        str(tiny_llama), model_kwargs={"model_kwargs": {"cache_dir": tmp_path}}
+    )
+    with pytest.raises(ValueError, match="JSON values"):
+        ef.get_config()
+
+
+def test_functions_with_different_tp_load_the_weights_once(tmp_path: Path) -> None:
+    """TP on and TP off over the same model, device and dtype share one loaded model."""
+    path = save_tiny_model(tmp_path / "fresh", "qwen2")  # not loaded by any other test
+    before = loading.load_count
+    on = TPEmbeddingFunction(str(path), tp=True)
+    off = TPEmbeddingFunction(str(path), tp=False)
+    assert loading.load_count == before + 1
+    assert on.fingerprint() != off.fingerprint()
+
+
+def test_collection_retrieves_the_expected_document(tiny_llama: Path, tmp_path: Path) -> None:
+    """A collection built with the function returns the matching document for a query."""
+    ef = TPEmbeddingFunction(str(tiny_llama))
+    client = chromadb.PersistentClient(str(tmp_path / "db"))
+    collection = client.create_collection("docs", embedding_function=ef)
+    collection.add(ids=list(DOCS), documents=list(DOCS.values()))
+    for doc_id, text in DOCS.items():
+        # A query equal to a document (same prompt, no query_prompt) must find that document.
+        assert collection.query(query_texts=[text], n_results=1)["ids"] == [[doc_id]]
+    assert collection.configuration_json["embedding_function"]["name"] == "tp_rag"
+
+
+def test_persisted_collection_is_rebuilt_in_a_new_process(tiny_llama: Path, tmp_path: Path) -> None:
+    """Reopening a stored collection in a fresh process rebuilds the same function from its
+    config: same vectors, same query prompt, the right neighbour, and the weights read once."""
+    ef = TPEmbeddingFunction(str(tiny_llama), query_prompt=QUERY_PROMPT)
+    db = tmp_path / "db"
+    collection = chromadb.PersistentClient(str(db)).create_collection("docs", embedding_function=ef)
+    collection.add(ids=list(DOCS), documents=list(DOCS.values()))
+    code = """
+        import json, sys
+        import chromadb
+        import tp_rag.chroma  # registers "tp_rag" with Chroma
+        from tp_rag import loading
+
+        collection = chromadb.PersistentClient(sys.argv[1]).get_collection("docs")
+        stored = collection.get(ids=["onion"], include=["embeddings"])["embeddings"][0]
+        hits = collection.query(query_texts=[sys.argv[2]], n_results=1)
+        collection.add(ids=["cat"], documents=["The cat sleeps on the warm windowsill."])
+        function = collection.configuration["embedding_function"]
+        print(json.dumps({
+            "class": type(function).__name__,
+            "fingerprint": function.fingerprint(),
+            "stored": [float(x) for x in stored],
+            "document": [float(x) for x in function([sys.argv[3]])[0]],
+            "query": [float(x) for x in function.embed_query([sys.argv[2]])[0]],
+            "hits": hits["ids"],
+            "loads": loading.load_count,
+        }))
+        """
+    result = _run_python(code, str(db), "Who is slicing vegetables?", DOCS["onion"])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["class"] == "TPEmbeddingFunction"
+    assert out["fingerprint"] == ef.fingerprint()
+    np.testing.assert_allclose(out["document"], ef([DOCS["onion"]])[0], atol=1e-5)
+    np.testing.assert_allclose(out["stored"], ef([DOCS["onion"]])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        out["query"], ef.embed_query(["Who is slicing vegetables?"])[0], atol=1e-5
+    )
+    # The top hit must be the document nearest to the query as embedded in this process.
+    query = ef.embed_query(["Who is slicing vegetables?"])[0]
+    nearest = max(DOCS, key=lambda k: float(np.dot(ef([DOCS[k]])[0], query)))
+    assert out["hits"] == [[nearest]]
+    # Chroma rebuilds the function on every add and query; the weights must be read only once.
+    assert out["loads"] == 1

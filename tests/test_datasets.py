@@ -1,0 +1,165 @@
+"""Readers of STS Benchmark, SICK, SentEval STS12-16 and BEIR data, on synthetic and real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tp_rag.datasets import (
+    PAPER_TASKS,
+    SENTEVAL_STS_FILES,
+    find_paper_tasks,
+    read_beir,
+    read_senteval_folder,
+    read_sts,
+)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_senteval(folder: Path, names: tuple[str, ...] | list[str]) -> None:
+    """A SentEval STS folder with three scored pairs per file."""
+    for name in names:
+        _write(folder / f"STS.input.{name}.txt", [f"{name} a{i}\t{name} b{i}" for i in range(3)])
+        _write(folder / f"STS.gs.{name}.txt", ["1.0", "2.5", "4.0"])
+
+
+def test_stsbenchmark_extra_columns_and_literal_quotes(tmp_path: Path) -> None:
+    """Fields 5-7 are score and sentences; trailing columns are ignored; quotes stay literal."""
+    path = _write(
+        tmp_path / "sts-test.csv",
+        [
+            'main-news\tMSRpar\t2012test\t0001\t2.5\tHe said "hi.\tShe  said   hi.',
+            'main-forum\tdeft\t2014\t0002\t4.0\tA "quoted" one\tAnother\tsource-a\tsource-b',
+        ],
+    )
+    task = read_sts(path)
+    (pairs,) = task.parts
+    assert task.name == "sts-test" and len(task) == 2
+    assert pairs.sentences1 == ('He said "hi.', 'A "quoted" one')
+    assert pairs.sentences2 == ("She said hi.", "Another")  # whitespace collapsed
+    np.testing.assert_array_equal(pairs.scores, [2.5, 4.0])
+
+
+def test_stsbenchmark_short_row_is_an_error(tmp_path: Path) -> None:
+    """A row with fewer than 7 fields names the file and line."""
+    path = _write(tmp_path / "bad.csv", ["a\tb\tc\td\t1.0\tonly one sentence"])
+    with pytest.raises(ValueError, match=r"bad\.csv:1"):
+        read_sts(path)
+
+
+def test_sick_columns_found_by_header_name(tmp_path: Path) -> None:
+    """SICK columns are located by name, so files with other column orders read correctly."""
+    path = _write(
+        tmp_path / "SICK_test_annotated.txt",
+        [
+            "pair_ID\trelatedness_score\tsentence_B\tsentence_A\tentailment_judgment",
+            "1\t4.5\tsecond one\tfirst one\tNEUTRAL",
+        ],
+    )
+    (pairs,) = read_sts(path).parts
+    assert (pairs.sentences1, pairs.sentences2) == (("first one",), ("second one",))
+    assert pairs.scores.tolist() == [4.5]
+
+
+def test_senteval_skips_pairs_without_gold(tmp_path: Path) -> None:
+    """Lines of STS.gs.<name>.txt that are empty drop their pair; each file is one part."""
+    _write(tmp_path / "STS.input.alpha.txt", ["a1\tb1", "a2\tb2", "a3\tb3"])
+    _write(tmp_path / "STS.gs.alpha.txt", ["1.0", "", "3.0"])
+    write_senteval(tmp_path, ["beta"])
+    task = read_sts(tmp_path)
+    assert [part.name for part in task.parts] == ["alpha", "beta"]
+    alpha = task.parts[0]
+    assert alpha.sentences1 == ("a1", "a3") and alpha.scores.tolist() == [1.0, 3.0]
+    assert len(task) == 2 + 3 and len(task.pooled()) == 5
+
+
+def test_senteval_line_count_mismatch_is_an_error(tmp_path: Path) -> None:
+    """Input and gold files must match line by line."""
+    _write(tmp_path / "STS.input.x.txt", ["a\tb", "c\td"])
+    _write(tmp_path / "STS.gs.x.txt", ["1.0"])
+    with pytest.raises(ValueError, match="must match line by line"):
+        read_senteval_folder(tmp_path)
+
+
+def test_unknown_file_and_folder_are_refused(tmp_path: Path) -> None:
+    """A file or folder of no known STS format raises ValueError listing the formats."""
+    other = _write(tmp_path / "notes.txt", ["hello"])
+    with pytest.raises(ValueError, match="STS Benchmark"):
+        read_sts(other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="SentEval"):
+        read_sts(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        read_sts(tmp_path / "absent.csv")
+
+
+def test_find_paper_tasks_in_senteval_layout(tmp_path: Path) -> None:
+    """SentEval's data/downstream tree is found; missing tasks and files are named."""
+    sts = tmp_path / "downstream" / "STS"
+    for task in ("STS12", "STS14", "STS15", "STS16"):
+        write_senteval(sts / f"{task}-en-test", SENTEVAL_STS_FILES[task])
+    write_senteval(sts / "STS13-en-test", ["FNWN", "headlines"])  # OnWN missing
+    _write(
+        sts / "STSBenchmark" / "sts-test.csv", ["g\tf\ty\t1\t3.0\ta\tb", "g\tf\ty\t2\t1.0\tc\td"]
+    )
+    found, missing = find_paper_tasks(tmp_path)
+    assert set(found) == {"STS12", "STS14", "STS15", "STS16", "STS-B"}
+    assert set(missing) == {"STS13", "SICK-R"}
+    assert "STS.input.OnWN.txt" in missing["STS13"]
+    assert [p.name for p in found["STS12"].parts] == list(SENTEVAL_STS_FILES["STS12"])
+    assert set(found) | set(missing) == set(PAPER_TASKS)
+
+
+def write_beir(folder: Path) -> None:
+    """Three documents, three queries of which two are judged in the test split."""
+    corpus = [
+        {"_id": "d1", "title": "Wings", "text": "lift on a wing"},
+        {"_id": "d2", "title": "", "text": "heat transfer in slabs"},
+        {"_id": "d3", "title": "Shock", "text": "shock waves"},
+    ]
+    queries = [{"_id": "q1", "text": "wing lift"}, {"_id": "q2", "text": "heat"}]
+    queries.append({"_id": "q3", "text": "unjudged"})
+    _write(folder / "corpus.jsonl", [json.dumps(r) for r in corpus])
+    _write(folder / "queries.jsonl", [json.dumps(r) for r in queries])
+    _write(folder / "qrels" / "test.tsv", ["query-id\tcorpus-id\tscore", "q1\td1\t2", "q2\td2\t1"])
+
+
+def test_read_beir(tmp_path: Path) -> None:
+    """Documents are title + " " + text (stripped); only judged queries; the header is skipped."""
+    write_beir(tmp_path)
+    data = read_beir(tmp_path)
+    assert data.documents == ("Wings lift on a wing", "heat transfer in slabs", "Shock shock waves")
+    assert data.query_ids == ("q1", "q2") and data.queries == ("wing lift", "heat")
+    assert data.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}
+
+
+def test_read_beir_missing_split_lists_the_splits(tmp_path: Path) -> None:
+    """Asking for an absent split names the splits that exist."""
+    write_beir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="splits here: test"):
+        read_beir(tmp_path, "dev")
+
+
+def test_real_sts_files_have_their_documented_sizes(shared_dir: Path) -> None:
+    """The shared STS-B and SICK files read to the pair counts their READMEs give."""
+    sts = shared_dir / "data" / "sts"
+    assert len(read_sts(sts / "stsbenchmark" / "sts-test.csv")) == 1379
+    assert len(read_sts(sts / "stsbenchmark" / "sts-dev.csv")) == 1500
+    assert len(read_sts(sts / "sick" / "SICK_test_annotated.txt")) == 4927
+    found, missing = find_paper_tasks(sts)
+    assert set(found) == {"STS-B", "SICK-R"} and len(missing) == 5
+
+
+def test_real_cranfield_has_its_documented_size(shared_dir: Path) -> None:
+    """Cranfield: 1,400 abstracts, 225 judged queries, 1,837 judgements."""
+    data = read_beir(shared_dir / "data" / "retrieval" / "cranfield")
+    assert len(data.documents) == 1400 and len(data.queries) == 225
+    assert sum(len(docs) for docs in data.qrels.values()) == 1837

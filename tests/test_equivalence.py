@@ -1,0 +1,133 @@
+"""The encoder computes exactly the paper's Token Prepending, checked against a hand-written loop.
+
+The reference below does not use tp_rag's loading, tokenization, batching or hooks: it follows
+the recipe literally (``tokenizer.add_tokens(["<PST>"])``, resize the embeddings, set the new
+row by the documented rule), tokenizes the whole prompt string at once, and walks the decoder
+layers itself, overwriting the placeholder's hidden state with the last token's before each TP
+layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tp_rag import BUILTIN_PROMPTS, TPEncoder
+from tp_rag.testing import ARCHITECTURES
+
+TEXTS = [
+    "A man is playing a guitar on the stage.",
+    "Stocks fell.",
+    "The boundary layer thickens downstream of the leading edge of the wing.",
+]
+TP_START, TP_STOP = 1, 3
+
+
+def load_reference(model_dir: Path) -> tuple[torch.nn.Module, object, int]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_tokens(["<PST>"])
+    pst_id = tokenizer.convert_tokens_to_ids("<PST>")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():  # the documented rule: mean of the rows before <PST>
+        weight = model.get_input_embeddings().weight
+        weight[pst_id] = weight[:pst_id].mean(0)
+    return model, tokenizer, pst_id
+
+
+@torch.no_grad()
+def reference_vector(
+    model: torch.nn.Module,
+    tokenizer: object,
+    pst_id: int,
+    prompt: str,
+    *,
+    tp: bool,
+    output_layer: int,
+) -> np.ndarray:
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])  # type: ignore[operator]
+    seq = ids.shape[1]
+    positions = torch.arange(seq)[None]
+    base = model.base_model
+    is_gpt2 = hasattr(base, "wpe")
+    hidden = base.get_input_embeddings()(ids)
+    if is_gpt2:
+        hidden = hidden + base.wpe(positions)
+    causal = torch.full((seq, seq), float("-inf")).triu(1)[None, None]
+    rotary = base.rotary_emb(hidden, positions) if hasattr(base, "rotary_emb") else None
+    layers = base.h if is_gpt2 else base.layers
+    states = [hidden]
+    for index, layer in enumerate(layers):
+        if tp and TP_START <= index < TP_STOP:
+            placeholder = int((ids[0] == pst_id).nonzero()[0])
+            hidden = hidden.clone()
+            hidden[0, placeholder] = hidden[0, -1]
+        if is_gpt2:
+            hidden = layer(hidden, None, causal)
+        else:
+            hidden = layer(
+                hidden, attention_mask=causal, position_embeddings=rotary, position_ids=positions
+            )
+        states.append(hidden)
+    states[-1] = (base.ln_f if is_gpt2 else base.norm)(hidden)
+    return states[output_layer][0, -1].numpy()
+
+
+def fill(template: str, text: str, *, tp: bool) -> str:
+    return template.replace("{pst}", "<PST> " if tp else "").replace("{text}", text)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_encoder_equals_hand_written_tp(tiny_models: dict[str, Path], architecture: str) -> None:
+    """Every built-in prompt, TP on and off, two readout layers: max abs diff <= 1e-5 (fp32)."""
+    model_dir = tiny_models[architecture]
+    model, tokenizer, pst_id = load_reference(model_dir)
+    base = TPEncoder.from_pretrained(
+        model_dir,
+        tp_start=TP_START,
+        tp_stop=TP_STOP,
+        normalize=False,
+        device="cpu",
+        dtype="float32",
+    )
+    for prompt in sorted(BUILTIN_PROMPTS):
+        for output_layer in (2, -1):  # early exit inside the stack; the final norm's output
+            encoder = base.with_settings(prompt=prompt, output_layer=output_layer)
+            for tp in (True, False):
+                got = encoder.encode(TEXTS, tp=tp)  # texts need no clean-up: they end in "."
+                for row, text in enumerate(TEXTS):
+                    vectors = [
+                        reference_vector(
+                            model,
+                            tokenizer,
+                            pst_id,
+                            fill(template, text, tp=tp),
+                            tp=tp,
+                            output_layer=output_layer,
+                        )
+                        for template in BUILTIN_PROMPTS[prompt]
+                    ]
+                    expected = np.mean(vectors, axis=0)  # MetaEOL averages its 8 prompts
+                    case = (prompt, output_layer, tp, text)
+                    assert np.abs(got[row] - expected).max() <= 1e-5, case
+
+
+def test_tp_changes_the_vector_and_off_equals_no_placeholder(tiny_llama: Path) -> None:
+    """TP on differs from TP off (the overwrite is live); TP off has no <PST> in its prompt."""
+    model, tokenizer, pst_id = load_reference(tiny_llama)
+    encoder = TPEncoder.from_pretrained(
+        tiny_llama, tp_start=TP_START, tp_stop=TP_STOP, output_layer=-1, normalize=False
+    )
+    on = encoder.encode(TEXTS[0])
+    off = encoder.encode(TEXTS[0], tp=False)
+    assert np.abs(on - off).max() > 1e-3
+    template = BUILTIN_PROMPTS["prompteol"][0]
+    # Same prompt with the placeholder but no overwrite: differs from TP on, so the hooks matter.
+    no_overwrite = reference_vector(
+        model, tokenizer, pst_id, fill(template, TEXTS[0], tp=True), tp=False, output_layer=-1
+    )
+    assert np.abs(on - no_overwrite).max() > 1e-4

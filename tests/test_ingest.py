@@ -1,0 +1,269 @@
+"""Ingestion into the TP-on/TP-off pair and the ``tp-rag ingest`` / ``query`` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tp_rag import TPEncoder
+from tp_rag.cli import main
+from tp_rag.documents import read_document, split_text
+from tp_rag.ingest import IngestSummary, ingest
+from tp_rag.store import TPStore, chunk_id, connect
+
+DOCS = {
+    "tides.md": "# Tides\n\nThe Moon pulls the oceans into two bulges, so most coasts see two "
+    "high waters a day.\n\nSpring tides come at new and full moon.",
+    "bread.txt": "Sourdough starter is flour, water, wild yeast and bacteria.\n\nFeed it "
+    "daily at room temperature; in the fridge, once a week.",
+    "keys.html": "<html><body><h1>Hash tables</h1><p>A hash function maps each key to a slot, "
+    "so lookups take constant time on average.</p></body></html>",
+}
+CHUNKING = {"chunk_size": 24, "chunk_overlap": 4}
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_llama: Path) -> TPEncoder:
+    return TPEncoder.from_pretrained(tiny_llama, device="cpu")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def ids(collection, source: str | None = None) -> set[str]:
+    where = {"source": source} if source else None
+    return set(collection.get(where=where, include=[])["ids"])
+
+
+def expected_ids(path: Path, encoder: TPEncoder, **chunking: int) -> set[str]:
+    """The chunk ids a clean ingestion of ``path`` must produce."""
+    chunks = split_text(read_document(path), encoder.tokenizer, **chunking)
+    return {chunk_id(str(path.resolve()), chunk) for chunk in chunks}
+
+
+def test_ingest_writes_every_chunk_with_metadata_to_both_collections(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """Each chunk lands in NAME and NAME-tp-off under the same id, with its source path,
+    chunk index and character span into the document's text."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    summary = ingest([corpus], store, **CHUNKING)
+
+    want = set().union(*(expected_ids(corpus / n, encoder, **CHUNKING) for n in DOCS))
+    assert summary.files == summary.updated == 3
+    assert summary.chunks == len(want) > 3
+    assert ids(store.on) == ids(store.off) == want
+    records = store.on.get(include=["documents", "metadatas"])
+    for text, meta in zip(records["documents"], records["metadatas"], strict=True):
+        document = read_document(meta["source"])
+        assert Path(meta["source"]).parent == corpus.resolve()
+        assert document[meta["start"] : meta["end"]] == text
+        assert isinstance(meta["chunk_index"], int)
+
+
+def test_reingesting_the_same_files_adds_nothing(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """A second run over unchanged files embeds nothing and leaves exactly the same chunks
+    (0 duplicates), also when the chunk sizes are not repeated (they are recorded)."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    first = ingest([corpus], store, **CHUNKING)
+    before = ids(store.on), ids(store.off)
+
+    again = ingest([corpus, corpus / "bread.txt"], store)
+
+    assert (again.files, again.unchanged, again.updated) == (3, 3, 0)
+    assert again.chunks == again.removed == 0
+    assert (ids(store.on), ids(store.off)) == before
+    assert store.count() == (first.chunks, first.chunks)
+
+
+def test_a_changed_file_replaces_its_old_chunks(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """Editing a file and re-ingesting leaves exactly the new file's chunks for it (old ones
+    removed from both collections); other files are untouched."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    ingest([corpus], store, **CHUNKING)
+    tides, bread = str((corpus / "tides.md").resolve()), str((corpus / "bread.txt").resolve())
+    bread_before = ids(store.on, bread)
+    (corpus / "tides.md").write_text(
+        "# Tides\n\nTwo high waters a day come from the Moon's pull on the sea.", encoding="utf-8"
+    )
+
+    summary = ingest([corpus], store)
+
+    want = expected_ids(corpus / "tides.md", encoder, **CHUNKING)
+    assert (summary.updated, summary.unchanged) == (1, 2)
+    assert summary.removed > 0
+    assert ids(store.on, tides) == ids(store.off, tides) == want
+    texts = store.on.get(where={"source": tides}, include=["documents"])["documents"]
+    assert not any("Spring tides" in text for text in texts)
+    assert ids(store.on, bread) == ids(store.off, bread) == bread_before
+
+
+def test_bad_files_are_reported_and_nothing_of_them_is_written(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """Empty, binary, corrupt, non-UTF-8, unsupported and missing inputs are listed by name
+    with a reason; none of them has a chunk in either collection; good files still go in."""
+    (corpus / "empty.md").write_bytes(b"")
+    (corpus / "photo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj <<")
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "sheet.xlsx").write_bytes(b"PK\x03\x04")
+    inputs = [corpus, tmp_path / "sheet.xlsx", tmp_path / "missing.txt"]
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+
+    summary = ingest(inputs, store, **CHUNKING)
+
+    reasons = {Path(path).name: reason for path, reason in summary.skipped}
+    assert set(reasons) == {
+        "empty.md",
+        "photo.txt",
+        "broken.pdf",
+        "latin1.txt",
+        "sheet.xlsx",
+        "missing.txt",
+    }
+    assert "empty" in reasons["empty.md"]
+    assert "binary" in reasons["photo.txt"]
+    assert "corrupt PDF" in reasons["broken.pdf"]
+    assert "UTF-8" in reasons["latin1.txt"]
+    sources = {meta["source"] for meta in store.on.get(include=["metadatas"])["metadatas"]}
+    assert {Path(s).name for s in sources} == set(DOCS)
+    assert ids(store.on) == ids(store.off)
+    assert summary.files == 3
+
+
+def test_the_later_of_two_files_with_one_source_name_wins(
+    tmp_path: Path, encoder: TPEncoder
+) -> None:
+    """When two files map to the same source (demo uploads are known by file name), the
+    later one replaces the earlier, even within one run."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("First version about comets.")
+    (tmp_path / "b" / "notes.txt").write_text("Second version about volcanoes.")
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+
+    ingest([tmp_path / "a", tmp_path / "b"], store, source_name=lambda path: path.name)
+
+    texts = store.on.get(include=["documents"])["documents"]
+    assert texts == ["Second version about volcanoes."]
+    assert store.count() == (1, 1)
+
+
+def test_chunks_longer_than_the_encoder_input_are_refused(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """chunk_size must leave room for the prompt within the encoder's max_length."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    with pytest.raises(ValueError, match="max_length"):
+        ingest([corpus], store, chunk_size=encoder.config.max_length)
+    assert store.count() == (0, 0)
+
+
+def test_summary_reads_as_a_sentence() -> None:
+    """The end-of-run summary names files, chunks, skipped and seconds."""
+    summary = IngestSummary(files=3, updated=2, unchanged=1, chunks=9, skipped=[("x", "y")])
+    summary.seconds = 1.25
+    assert str(summary) == (
+        "3 files (2 new or changed, 1 unchanged), 9 chunks written, 0 removed, 1 skipped, 1.2 s"
+    )
+
+
+def test_cli_ingest_query_and_mismatch(
+    tmp_path: Path, corpus: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tp-rag ingest` fills both collections and prints a summary; `tp-rag query` prints the
+    TP-on and TP-off lists side by side (without --model it uses the collection's encoder);
+    other encoder settings are refused with exit status 2 and both configurations named."""
+    db = str(tmp_path / "db")
+    common = ["--collection", "docs", "--db", db]
+    model = ["--model", str(tiny_llama), "--device", "cpu"]
+
+    assert main(["ingest", str(corpus), *common, *model, "--chunk-size", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "3 files (3 new or changed, 0 unchanged)" in out
+    on, off = TPStore(connect(db), "docs", TPEncoder.from_pretrained(tiny_llama)).count()
+    assert on == off > 0
+
+    assert main(["ingest", str(corpus), *common]) == 0  # no --model: the recorded encoder
+    assert "0 chunks written" in capsys.readouterr().out
+
+    query = "Feed it daily at room temperature; in the fridge, once a week."
+    assert main(["query", query, *common, "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "TP on" in out and "TP off" in out
+    assert out.count("bread.txt") >= 2  # the matching chunk heads both columns
+
+    assert main(["ingest", str(corpus), *common, *model, "--tp-stop", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "tp-rag ingest: error:" in error
+    assert "tp_stop 2 vs 3" in error
+    encoder = TPEncoder.from_pretrained(tiny_llama)
+    assert encoder.config.fingerprint() in error
+    assert encoder.config.replace(tp_stop=3).fingerprint() in error
+    assert main(["query", query, *common, *model, "--tp-stop", "3"]) == 2
+    assert "tp_stop 2 vs 3" in capsys.readouterr().err
+    assert main(["query", "x", "--collection", "absent", "--db", db]) == 2
+    assert "no tp-rag collection 'absent'" in capsys.readouterr().err
+
+
+def test_interrupted_ingestion_completes_on_rerun(
+    tmp_path: Path, tiny_llama: Path, encoder: TPEncoder
+) -> None:
+    """Kill `tp-rag ingest` while it writes; the re-run ends with exactly the chunks of an
+    uninterrupted ingestion in both collections: nothing lost, nothing duplicated."""
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(40):
+        text = f"Document {i}. " + " ".join(f"fact{i}-{j} is noted here." for j in range(12))
+        (corpus / f"doc{i:02d}.txt").write_text(text)
+    args = ["ingest", str(corpus), "--collection", "big", "--model", str(tiny_llama)]
+    args += ["--device", "cpu", "--batch-size", "2", "--chunk-size", "32", "--chunk-overlap", "0"]
+
+    clean = TPStore(connect(tmp_path / "clean"), "big", encoder)
+    total = ingest([corpus], clean, chunk_size=32, chunk_overlap=0).chunks
+    assert total > 40
+
+    db = tmp_path / "db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tp_rag", *args, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # stderr is not a terminal: one line per step
+            if line.startswith("chunks written:"):
+                process.kill()
+                break
+        else:
+            pytest.fail("the ingestion ended without reporting written chunks")
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode != 0  # it was killed, not finished
+
+    partial = TPStore(connect(db), "big", encoder).count()
+    assert min(partial) > 0 and max(partial) < total
+
+    assert main([*args, "--db", str(db)]) == 0
+    store = TPStore(connect(db), "big", encoder)
+    assert store.count() == (total, total)
+    assert ids(store.on) == ids(store.off) == ids(clean.on)

@@ -1,0 +1,225 @@
+"""The TP-on/TP-off collection pair in Chroma (tp_rag.store)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tp_rag import TPEncoder
+from tp_rag.documents import Chunk
+from tp_rag.store import (
+    ConfigMismatchError,
+    Hit,
+    TPStore,
+    check_name,
+    chunk_id,
+    connect,
+    describe_change,
+    rank_change,
+    twin_name,
+)
+
+TEXTS = [
+    "The Moon pulls the oceans into two bulges.",
+    "Yeast makes bread dough rise.",
+    "Hash tables find values by key.",
+    "Glaciers carve U-shaped valleys.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_llama: Path) -> TPEncoder:
+    return TPEncoder.from_pretrained(tiny_llama, device="cpu")
+
+
+def write(store: TPStore, source: str, texts: list[str]) -> list[Chunk]:
+    chunks = [Chunk(text, i, 100 * i, 100 * i + len(text)) for i, text in enumerate(texts)]
+    entries = [(source, chunk) for chunk in chunks]
+    store.upsert(
+        entries,
+        store.encoder.encode(texts, tp=True),
+        store.encoder.encode(texts, tp=False),
+    )
+    return chunks
+
+
+def test_collections_record_fingerprint_settings_and_embedding_function(
+    tmp_path: Path, encoder: TPEncoder
+) -> None:
+    """NAME holds TP-on vectors and NAME-tp-off TP-off ones; each records its fingerprint and
+    the encoder settings, uses cosine distance, and carries the tp_rag embedding function."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    assert (store.on.name, store.off.name) == ("docs", twin_name("docs")) == ("docs", "docs-tp-off")
+    for collection, tp in ((store.on, True), (store.off, False)):
+        config = encoder.config.replace(tp=tp)
+        assert collection.metadata["tp_rag_fingerprint"] == config.fingerprint()
+        assert json.loads(collection.metadata["tp_rag_config"]) == config.to_dict()
+        assert collection.configuration_json["hnsw"]["space"] == "cosine"
+        assert collection.configuration_json["embedding_function"]["name"] == "tp_rag"
+    assert store.on.metadata["tp_rag_fingerprint"] != store.off.metadata["tp_rag_fingerprint"]
+
+
+def test_query_equal_to_a_chunk_finds_it_first_on_both_sides(
+    tmp_path: Path, encoder: TPEncoder
+) -> None:
+    """A query identical to a stored chunk embeds to the same vector: rank 1, similarity 1,
+    with its source, index and span, in the TP-on and the TP-off list."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    write(store, "/data/a.txt", TEXTS)
+    on, off = store.search(TEXTS[2], k=3)
+    for hits in (on, off):
+        assert [h.rank for h in hits] == [1, 2, 3]
+        best = hits[0]
+        assert (best.text, best.source, best.chunk_index) == (TEXTS[2], "/data/a.txt", 2)
+        assert (best.start, best.end) == (200, 200 + len(TEXTS[2]))
+        assert best.similarity == pytest.approx(1.0, abs=1e-4)
+        assert best.id == chunk_id("/data/a.txt", Chunk(TEXTS[2], 2, 200, 200 + len(TEXTS[2])))
+        assert hits[0].similarity >= hits[1].similarity >= hits[2].similarity
+    assert store.count() == (4, 4)
+
+
+def test_k_larger_than_the_collection_and_an_empty_collection(
+    tmp_path: Path, encoder: TPEncoder
+) -> None:
+    """Asking for more hits than chunks returns them all; an empty store returns nothing."""
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    assert store.search("anything", k=5) == ([], [])
+    write(store, "s", TEXTS[:2])
+    on, off = store.search("anything", k=10)
+    assert len(on) == len(off) == 2
+    with pytest.raises(ValueError, match="empty"):
+        store.search("  ", k=3)
+    with pytest.raises(ValueError, match="k=0"):
+        store.search("x", k=0)
+
+
+def test_other_encoder_settings_are_refused_naming_both(tmp_path: Path, encoder: TPEncoder) -> None:
+    """Opening a store with another embedding space raises ConfigMismatchError that names both
+    fingerprints and the differing setting; the stored vectors are left alone."""
+    client = connect(tmp_path / "db")
+    write(TPStore(client, "docs", encoder), "s", TEXTS)
+    other = TPEncoder.from_pretrained(encoder.config.model, device="cpu", tp_stop=3)
+    assert other.config.fingerprint() != encoder.config.fingerprint()
+
+    with pytest.raises(ConfigMismatchError) as error:
+        TPStore(client, "docs", other)
+    message = str(error.value)
+    assert encoder.config.replace(tp=True).fingerprint() in message
+    assert other.config.replace(tp=True).fingerprint() in message
+    assert "tp_stop 2 vs 3" in message
+    assert TPStore(client, "docs", encoder).count() == (4, 4)
+
+
+def test_runtime_settings_do_not_split_the_space(tmp_path: Path, encoder: TPEncoder) -> None:
+    """batch_size (like device and dtype) does not change the vectors, so it is accepted."""
+    client = connect(tmp_path / "db")
+    write(TPStore(client, "docs", encoder), "s", TEXTS)
+    other = TPEncoder.from_pretrained(encoder.config.model, device="cpu", batch_size=3)
+    assert TPStore(client, "docs", other).count() == (4, 4)
+
+
+def test_a_missing_store_is_not_created_for_queries(tmp_path: Path, encoder: TPEncoder) -> None:
+    """create=False (querying) refuses a store that does not exist instead of making it."""
+    client = connect(tmp_path / "db")
+    with pytest.raises(ValueError, match="no collection 'docs'"):
+        TPStore(client, "docs", encoder, create=False)
+    assert client.list_collections() == []
+
+
+def test_a_collection_not_made_by_tp_rag_is_refused(tmp_path: Path, encoder: TPEncoder) -> None:
+    """A same-named collection without a fingerprint is never written into."""
+    client = connect(tmp_path / "db")
+    client.create_collection("plain", embedding_function=None)
+    with pytest.raises(ValueError, match="not made by tp-rag"):
+        TPStore(client, "plain", encoder)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("ab", "not valid"), ("-docs", "not valid"), ("a..b", "'..'"), ("docs-tp-off", "twin")],
+)
+def test_bad_names_are_refused(name: str, problem: str) -> None:
+    """Names Chroma would reject, and names of twins, fail with an explanation."""
+    with pytest.raises(ValueError, match=problem):
+        check_name(name)
+    assert check_name("my.docs_2") == "my.docs_2"
+
+
+def test_chunk_ids_depend_on_source_position_and_text() -> None:
+    """Equal chunks of one source get equal ids; any change of source, index, span or text
+    gives another id."""
+    chunk = Chunk("text", 0, 0, 4)
+    assert chunk_id("a", chunk) == chunk_id("a", Chunk("text", 0, 0, 4))
+    variants = [("b", chunk), ("a", Chunk("text", 1, 0, 4)), ("a", Chunk("text", 0, 5, 9))]
+    variants.append(("a", Chunk("text!", 0, 0, 5)))
+    assert len({chunk_id(s, c) for s, c in variants} | {chunk_id("a", chunk)}) == 5
+
+
+def hit(id_: str, rank: int) -> Hit:
+    return Hit(id_, "t", "s", 0, 0, 1, 0.5, rank)
+
+
+def test_rank_changes_between_the_two_lists() -> None:
+    """rank_change is how many places higher a hit ranks here than in the other list."""
+    on = [hit("a", 1), hit("b", 2), hit("c", 3)]
+    off = [hit("b", 1), hit("a", 2), hit("d", 3)]
+    assert [rank_change(h, off) for h in on] == [1, -1, None]
+    assert [describe_change(rank_change(h, off), "TP on") for h in on] == ["▲1", "▼1", "only TP on"]
+    assert describe_change(0, "TP off") == "="
+
+
+def test_connect_arguments() -> None:
+    """A database folder and a server address exclude each other; a port needs a host."""
+    with pytest.raises(ValueError, match="not both"):
+        connect("db", host="localhost")
+    with pytest.raises(ValueError, match="needs a host"):
+        connect("db", port=8000)
+
+
+# The `chroma` server command ships with chromadb, next to this Python.
+CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMA is None, reason="chromadb's `chroma` command is absent")
+def test_store_through_a_chroma_server(tmp_path: Path, encoder: TPEncoder) -> None:
+    """With a host, the store talks to a Chroma server (HttpClient) and works the same."""
+    port = free_port()
+    server = subprocess.Popen(
+        [CHROMA, "run", "--path", tmp_path / "server", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = connect(host="127.0.0.1", port=port)
+                client.heartbeat()
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        store = TPStore(client, "remote", encoder)
+        write(store, "s", TEXTS)
+        on, off = store.search(TEXTS[1], k=2)
+        assert on[0].text == off[0].text == TEXTS[1]
+        other = TPEncoder.from_pretrained(encoder.config.model, device="cpu", tp_stop=3)
+        with pytest.raises(ConfigMismatchError):
+            TPStore(connect(host="127.0.0.1", port=port), "remote", other)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
