@@ -42,17 +42,13 @@ def ef(tiny_llama: Path) -> TPEmbeddingFunction:
     return TPEmbeddingFunction(str(tiny_llama), query_prompt=QUERY_PROMPT)
 
 
-def test_import_tp_rag_does_not_import_chromadb() -> None:
-    """Chroma is an optional extra: ``import tp_rag`` must work without touching chromadb."""
-    result = _run_python("import sys, tp_rag; print('chromadb' in sys.modules)")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
-
-
-def test_missing_chromadb_gives_the_pip_command() -> None:
-    """Without chromadb, importing tp_rag.chroma says exactly what to install."""
+def test_chromadb_is_optional() -> None:
+    """``import tp_rag`` does not import chromadb, and without chromadb importing
+    ``tp_rag.chroma`` gives the exact pip command (one fresh interpreter checks both)."""
     code = """
         import sys
+        import tp_rag
+        print("chromadb" in sys.modules)
         sys.modules["chromadb"] = None  # what an absent package looks like to import
         try:
             import tp_rag.chroma
@@ -61,7 +57,9 @@ def test_missing_chromadb_gives_the_pip_command() -> None:
         """
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
-    assert 'pip install "tp-rag[chroma]"' in result.stdout
+    imported, message = result.stdout.strip().splitlines()[-2:]
+    assert imported == "False"
+    assert 'pip install "tp-rag[chroma]"' in message
 
 
 def test_call_returns_the_encoder_vectors(ef: TPEmbeddingFunction) -> None:
@@ -250,3 +248,12 @@ def test_persisted_collection_is_rebuilt_in_a_new_process(tiny_llama: Path, tmp_
     assert out["hits"] == [[nearest]]
     # Chroma rebuilds the function on every add and query; the weights must be read only once.
     assert out["loads"] == 1
+
+
+def test_from_encoder_keeps_how_the_model_was_loaded(tiny_llama: Path) -> None:
+    """A function wrapping an encoder stores its revision/trust_remote_code for the rebuild."""
+    encoder = TPEncoder.from_pretrained(tiny_llama, revision="main")
+    config = TPEmbeddingFunction.from_encoder(encoder).get_config()
+    assert config["model_kwargs"] == {"revision": "main", "trust_remote_code": False}
+    rebuilt = TPEmbeddingFunction.build_from_config(config)
+    assert rebuilt.encoder.load_kwargs["revision"] == "main"

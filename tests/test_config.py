@@ -31,7 +31,7 @@ def test_invalid_settings_name_the_valid_choices(settings: dict, message: str) -
 
 def test_unknown_keys_list_valid_settings() -> None:
     """A misspelt setting raises TypeError listing every valid one."""
-    with pytest.raises(TypeError, match="tp_stopp.*valid settings: .*tp_stop"):
+    with pytest.raises(TypeError, match=r"tp_stopp.*valid settings: .*tp_stop"):
         TPConfig.check_keys({"tp_stopp": 3}, "test")
 
 

@@ -48,8 +48,12 @@ def reference_vector(
     *,
     tp: bool,
     output_layer: int,
+    mean_over: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])  # type: ignore[operator]
+    """The last token's state, or with ``mean_over=(start, end)`` (a character span of the
+    prompt) the mean over the tokens that overlap it."""
+    encoding = tokenizer(prompt, return_offsets_mapping=True)  # type: ignore[operator]
+    ids = torch.tensor([encoding["input_ids"]])
     seq = ids.shape[1]
     positions = torch.arange(seq)[None]
     base = model.base_model
@@ -74,7 +78,11 @@ def reference_vector(
             )
         states.append(hidden)
     states[-1] = (base.ln_f if is_gpt2 else base.norm)(hidden)
-    return states[output_layer][0, -1].numpy()
+    if mean_over is None:
+        return states[output_layer][0, -1].numpy()
+    start, end = mean_over
+    rows = [i for i, (s, e) in enumerate(encoding["offset_mapping"]) if s < end and e > start]
+    return states[output_layer][0, rows].mean(0).numpy()
 
 
 def fill(template: str, text: str, *, tp: bool) -> str:
@@ -131,3 +139,36 @@ def test_tp_changes_the_vector_and_off_equals_no_placeholder(tiny_llama: Path) -
         model, tokenizer, pst_id, fill(template, TEXTS[0], tp=True), tp=False, output_layer=-1
     )
     assert np.abs(on - no_overwrite).max() > 1e-4
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_mean_pooling_equals_mean_over_the_texts_tokens(
+    tiny_models: dict[str, Path], architecture: str
+) -> None:
+    """pooling='mean' averages the readout over the sentence's own tokens only."""
+    model_dir = tiny_models[architecture]
+    model, tokenizer, pst_id = load_reference(model_dir)
+    encoder = TPEncoder.from_pretrained(
+        model_dir,
+        tp_start=TP_START,
+        tp_stop=TP_STOP,
+        output_layer=2,
+        pooling="mean",
+        normalize=False,
+    )
+    template = BUILTIN_PROMPTS["prompteol"][0]
+    for tp in (True, False):
+        got = encoder.encode(TEXTS, tp=tp)
+        for row, text in enumerate(TEXTS):
+            prompt = fill(template, text, tp=tp)
+            start = prompt.index(text)
+            expected = reference_vector(
+                model,
+                tokenizer,
+                pst_id,
+                prompt,
+                tp=tp,
+                output_layer=2,
+                mean_over=(start, start + len(text)),
+            )
+            assert np.abs(got[row] - expected).max() <= 1e-5, (tp, text)

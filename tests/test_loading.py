@@ -34,7 +34,7 @@ def test_missing_model_says_how_to_use_a_local_directory(tmp_path: Path) -> None
 
 def test_unknown_keyword_lists_valid_settings(tiny_llama: Path) -> None:
     """A misspelt keyword fails before any loading, listing the valid settings."""
-    with pytest.raises(TypeError, match="output_layr.*valid settings"):
+    with pytest.raises(TypeError, match=r"output_layr.*valid settings"):
         TPEncoder.from_pretrained(tiny_llama, output_layr=3)
 
 

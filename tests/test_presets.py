@@ -75,7 +75,7 @@ def test_priority_explicit_over_file_over_rule(tiny_llama: Path, tmp_path: Path)
 
 def test_bad_preset_files_are_named(tmp_path: Path, tiny_llama: Path) -> None:
     """Missing, malformed or misspelt preset files raise errors naming the file or key."""
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         TPEncoder.from_pretrained(tiny_llama, preset=tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
     broken.write_text("{nope")

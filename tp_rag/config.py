@@ -107,7 +107,9 @@ class TPConfig:
         if unknown:
             raise TypeError(
                 f"unknown setting(s) {', '.join(unknown)} in {source}; valid settings: "
-                f"{', '.join(cls.field_names())}"
+                f"{', '.join(cls.field_names())}. TPEncoder.from_pretrained also takes preset, "
+                "revision, trust_remote_code and model_kwargs (options for transformers' "
+                "AutoModel, e.g. model_kwargs={'attn_implementation': 'eager'})"
             )
 
     @property

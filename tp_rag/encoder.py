@@ -41,10 +41,18 @@ class TPEncoder:
     (2, 896)
     """
 
-    def __init__(self, loaded: loading.LoadedModel, config: TPConfig) -> None:
+    def __init__(
+        self,
+        loaded: loading.LoadedModel,
+        config: TPConfig,
+        load_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         """Use ``TPEncoder.from_pretrained``; this wires a loaded model to a resolved config."""
         self._loaded = loaded
         self.config = config
+        self.load_kwargs: dict[str, Any] = dict(load_kwargs or {})
+        """The loading options given to ``from_pretrained`` (``revision``,
+        ``trust_remote_code``, ``model_kwargs``), so the same model can be loaded again."""
         self._num_layers = len(loaded.layers)
         self._check_max_length(config.templates)
 
@@ -92,7 +100,12 @@ class TPEncoder:
             trust_remote_code=trust_remote_code,
             **(model_kwargs or {}),
         )
-        return cls(loaded, config.replace(model_digest=loaded.digest))
+        load_kwargs = {
+            "revision": revision,
+            "trust_remote_code": trust_remote_code,
+            "model_kwargs": dict(model_kwargs or {}),
+        }
+        return cls(loaded, config.replace(model_digest=loaded.digest), load_kwargs)
 
     @property
     def dimension(self) -> int:
@@ -130,7 +143,8 @@ class TPEncoder:
                 f"{', '.join(fixed)} select the loaded weights; load another encoder with "
                 "TPEncoder.from_pretrained(...) to change them"
             )
-        return TPEncoder(self._loaded, self.config.replace(**changes).resolved(self._num_layers))
+        config = self.config.replace(**changes).resolved(self._num_layers)
+        return TPEncoder(self._loaded, config, self.load_kwargs)
 
     @overload
     def encode(

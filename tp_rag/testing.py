@@ -124,7 +124,9 @@ def save_tiny_model(
     tokenizer.save_pretrained(directory)
     # AutoTokenizer may pick an architecture's own tokenizer class, which can add tokens:
     # size the vocabulary on what loading the directory really gives.
-    config = tiny_config(architecture, vocab_size=1, num_layers=num_layers, hidden_size=hidden_size)
+    config = tiny_config(
+        architecture, vocab_size=len(tokenizer), num_layers=num_layers, hidden_size=hidden_size
+    )
     config.save_pretrained(directory)
     config.vocab_size = max(len(AutoTokenizer.from_pretrained(directory)), vocab_size or 0)
     if intermediate_size is not None:

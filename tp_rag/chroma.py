@@ -1,0 +1,204 @@
+"""A Chroma embedding function over ``TPEncoder``, registered so Chroma can rebuild it.
+
+A collection created with ``TPEmbeddingFunction`` stores the function's configuration; reopening
+it later (another process, no ``embedding_function=`` argument) makes Chroma call
+``build_from_config``, which loads the same model with the same settings and checks the
+embedding-space fingerprint, so a query can never be embedded differently from the documents.
+
+>>> import chromadb
+>>> from tp_rag.chroma import TPEmbeddingFunction
+>>> client = chromadb.PersistentClient("chroma_db")  # doctest: +SKIP
+>>> ef = TPEmbeddingFunction()  # doctest: +SKIP
+>>> docs = client.create_collection("docs", embedding_function=ef)  # doctest: +SKIP
+>>> docs.add(ids=["1"], documents=["A man is playing a guitar."])  # doctest: +SKIP
+>>> docs.query(query_texts=["Who plays music?"], n_results=1)["ids"]  # doctest: +SKIP
+[['1']]
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+try:
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+    from chromadb.utils.embedding_functions import register_embedding_function
+except ImportError as error:  # chromadb is the optional extra "chroma"
+    raise ImportError(
+        'tp_rag.chroma needs chromadb, which is not installed: pip install "tp-rag[chroma]"'
+    ) from error
+
+from tp_rag.encoder import TPEncoder
+from tp_rag.prompts import resolve_prompt
+
+# Chroma rebuilds the function from its stored config every time it reads a collection's
+# configuration (on every add and query of a reopened collection). The core's model cache holds
+# weak references, so without a strong one here each rebuild would read the weights again.
+_REBUILT_MAX = 4
+_rebuilt: OrderedDict[str, TPEmbeddingFunction] = OrderedDict()
+_rebuilt_lock = threading.Lock()
+
+
+@register_embedding_function
+class TPEmbeddingFunction(EmbeddingFunction[Documents]):
+    """Chroma embedding function: Token Prepending sentence embeddings from a decoder-only LLM.
+
+    ``model`` is a hub name or a local directory (default: ``tp_rag.DEFAULT_MODEL``);
+    ``settings`` are ``TPConfig`` fields (``prompt``, ``tp_start``, ``output_layer``, ...);
+    ``query_prompt`` is an optional template for queries (``embed_query``), which otherwise use
+    the document prompt; ``model_kwargs`` go to ``TPEncoder.from_pretrained`` (``revision``,
+    ``trust_remote_code``, ``model_kwargs`` for ``AutoModel``).
+
+    >>> ef = TPEmbeddingFunction("/models/Qwen2.5-0.5B-Instruct", tp=True)  # doctest: +SKIP
+    >>> len(ef(["A man is playing a guitar."])[0])  # doctest: +SKIP
+    896
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        tp: bool = True,
+        query_prompt: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        """Load (or reuse) the model; see the class docstring for the arguments."""
+        if query_prompt is not None:
+            resolve_prompt(query_prompt)  # fail before loading a model
+        model_kwargs = dict(model_kwargs or {})
+        encoder = TPEncoder.from_pretrained(model, **model_kwargs, **settings, tp=tp)
+        self._setup(encoder, tp=tp, query_prompt=query_prompt, model_kwargs=model_kwargs)
+
+    @classmethod
+    def from_encoder(
+        cls, encoder: TPEncoder, *, tp: bool | None = None, query_prompt: str | None = None
+    ) -> TPEmbeddingFunction:
+        """Wrap an encoder you already have (no second load); ``tp`` overrides its setting.
+
+        >>> encoder = TPEncoder.from_pretrained()  # doctest: +SKIP
+        >>> ef = TPEmbeddingFunction.from_encoder(encoder, tp=False)  # doctest: +SKIP
+        """
+        if not isinstance(encoder, TPEncoder):
+            raise TypeError(f"encoder must be a TPEncoder, not {type(encoder).__name__}")
+        if query_prompt is not None:
+            resolve_prompt(query_prompt)
+        function = cls.__new__(cls)
+        function._setup(
+            encoder,
+            tp=encoder.config.tp if tp is None else bool(tp),
+            query_prompt=query_prompt,
+            # How the encoder was loaded (revision, trust_remote_code, ...), so a rebuilt
+            # function loads the same weights.
+            model_kwargs={k: v for k, v in encoder.load_kwargs.items() if v not in (None, {})},
+        )
+        return function
+
+    def _setup(
+        self,
+        encoder: TPEncoder,
+        *,
+        tp: bool,
+        query_prompt: str | None,
+        model_kwargs: dict[str, Any],
+    ) -> None:
+        self._encoder = encoder
+        self._tp = tp
+        self._query_prompt = query_prompt
+        self._model_kwargs = model_kwargs
+
+    @property
+    def encoder(self) -> TPEncoder:
+        """The ``TPEncoder`` doing the work (shared with other adapters over the same model)."""
+        return self._encoder
+
+    def __call__(self, input: Documents) -> Embeddings:
+        """Embed documents: one float32 vector per text."""
+        return list(self._encoder.encode(_documents(input), tp=self._tp))
+
+    def embed_query(self, input: Documents) -> Embeddings:
+        """Embed query texts, with ``query_prompt`` when one was given."""
+        return list(self._encoder.encode(_documents(input), tp=self._tp, prompt=self._query_prompt))
+
+    def __repr__(self) -> str:
+        return (
+            f"TPEmbeddingFunction(encoder={self._encoder!r}, tp={self._tp}, "
+            f"query_prompt={self._query_prompt!r})"
+        )
+
+    @staticmethod
+    def name() -> str:
+        """The name Chroma stores with a collection to find this class again."""
+        return "tp_rag"
+
+    def default_space(self) -> Space:
+        """Cosine: TP vectors are compared by angle (and are unit length by default)."""
+        return "cosine"
+
+    def fingerprint(self) -> str:
+        """The document embedding space (``TPConfig.fingerprint`` with this function's ``tp``)."""
+        return self._encoder.config.replace(tp=self._tp).fingerprint()
+
+    def get_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this function, as JSON-serialisable values.
+
+        The settings are the resolved ones (layers included), so a later tp_rag with other
+        defaults rebuilds the same function; ``fingerprint`` lets ``build_from_config`` check it.
+        """
+        settings = self._encoder.config.to_dict()
+        del settings["model_digest"]
+        model = settings.pop("model")
+        if Path(model).is_dir():  # a relative path would break when reopened from elsewhere
+            model = str(Path(model).resolve())
+        # The preset file's settings are already in `settings`; do not depend on the file.
+        model_kwargs = {k: v for k, v in self._model_kwargs.items() if k != "preset"}
+        config = {
+            "model": model,
+            **settings,
+            "tp": self._tp,
+            "query_prompt": self._query_prompt,
+            "model_kwargs": model_kwargs,
+            "fingerprint": self.fingerprint(),
+        }
+        try:
+            json.dumps(config)
+        except TypeError as error:
+            raise ValueError(
+                f"model_kwargs={model_kwargs!r} cannot be stored with a Chroma collection "
+                f"({error}); pass only JSON values (strings, numbers, booleans, lists, dicts), "
+                "e.g. a path as a string"
+            ) from None
+        return config
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> TPEmbeddingFunction:
+        """Rebuild a function from ``get_config()``; raise if the embedding space changed."""
+        key = json.dumps(config, sort_keys=True)
+        with _rebuilt_lock:
+            if key in _rebuilt:
+                _rebuilt.move_to_end(key)
+                return _rebuilt[key]
+        settings = dict(config)
+        expected = settings.pop("fingerprint", None)
+        function = TPEmbeddingFunction(**settings)
+        if expected is not None and function.fingerprint() != expected:
+            raise ValueError(
+                f"model {settings.get('model')!r} with these settings no longer gives the "
+                f"embedding space the collection was built with (fingerprint "
+                f"{function.fingerprint()}, stored {expected}): the weights or tp_rag's method "
+                "changed. Point the model at the original weights, or re-embed the collection."
+            )
+        with _rebuilt_lock:
+            _rebuilt[key] = function
+            while len(_rebuilt) > _REBUILT_MAX:
+                _rebuilt.popitem(last=False)
+        return function
+
+
+def _documents(input: Documents) -> Documents:
+    if isinstance(input, str):  # the encoder would give one 1-D vector, not a list of vectors
+        raise TypeError(f"expected a list of texts, got one string; pass [{input[:40]!r}]")
+    return input
