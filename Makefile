@@ -35,12 +35,14 @@ format: $(STAMP)  ## ruff format and autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: $(STAMP)  ## open the demo (MODEL=/path/to/local/model to run offline)
-	$(VENV)/bin/tp-rag embed $(if $(MODEL),--model $(MODEL)) \
-		"A man is playing a guitar." "A man plays an instrument." "The stock market fell today."
+demo: $(STAMP)  ## open the web demo on 127.0.0.1:7860 (MODEL=/path/to/local/model to run offline)
+	$(VENV)/bin/tp-rag demo $(if $(MODEL),--model $(MODEL))
 
-bench: $(STAMP)  ## run the benchmarks (prints tables; see docs/benchmarks.md)
+bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmarks.md)
 	$(PY) benchmarks/bench_encoder.py
+	$(PY) benchmarks/bench_vs_sentence_transformers.py
+	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_ingest.py
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

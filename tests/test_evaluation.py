@@ -34,7 +34,10 @@ from tp_rag.evaluation import (
     tp_systems,
 )
 
-WORDS = "man woman dog cat plays guitar piano runs park kitchen cooks food red blue sings".split()
+WORDS = [
+    *("man", "woman", "dog", "cat", "plays", "guitar", "piano", "runs"),
+    *("park", "kitchen", "cooks", "food", "red", "blue", "sings"),
+]
 
 
 def write_stsb(path: Path, pairs: int = 24, seed: int = 0) -> Path:

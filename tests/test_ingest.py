@@ -184,7 +184,11 @@ def test_summary_reads_as_a_sentence() -> None:
 
 
 def test_cli_ingest_query_and_mismatch(
-    tmp_path: Path, corpus: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    corpus: Path,
+    tiny_llama: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`tp-rag ingest` fills both collections and prints a summary; `tp-rag query` prints the
     TP-on and TP-off lists side by side (without --model it uses the collection's encoder);
@@ -202,6 +206,7 @@ def test_cli_ingest_query_and_mismatch(
     assert main(["ingest", str(corpus), *common]) == 0  # no --model: the recorded encoder
     assert "0 chunks written" in capsys.readouterr().out
 
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps to the terminal width
     query = "Feed it daily at room temperature; in the fridge, once a week."
     assert main(["query", query, *common, "-k", "2"]) == 0
     out = capsys.readouterr().out
@@ -228,20 +233,22 @@ def test_interrupted_ingestion_completes_on_rerun(
     uninterrupted ingestion in both collections: nothing lost, nothing duplicated."""
     corpus = tmp_path / "many"
     corpus.mkdir()
-    for i in range(40):
-        text = f"Document {i}. " + " ".join(f"fact{i}-{j} is noted here." for j in range(12))
+    for i in range(16):
+        text = f"Document {i}. " + " ".join(f"fact{i}-{j} is noted here." for j in range(4))
         (corpus / f"doc{i:02d}.txt").write_text(text)
+    chunking = ["--chunk-size", "32", "--chunk-overlap", "0"]
     args = ["ingest", str(corpus), "--collection", "big", "--model", str(tiny_llama)]
-    args += ["--device", "cpu", "--batch-size", "2", "--chunk-size", "32", "--chunk-overlap", "0"]
-
-    clean = TPStore(connect(tmp_path / "clean"), "big", encoder)
-    total = ingest([corpus], clean, chunk_size=32, chunk_overlap=0).chunks
-    assert total > 40
+    args += ["--device", "cpu", *chunking]
+    want: set[str] = set()
+    for path in sorted(corpus.iterdir()):
+        want |= expected_ids(path, encoder, chunk_size=32, chunk_overlap=0)
+    assert len(want) > 32
 
     db = tmp_path / "db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tp_rag", *args, "--db", str(db)],
+        # One chunk per step, so the run is killed with most of its work ahead of it.
+        [sys.executable, "-m", "tp_rag", *args, "--db", str(db), "--batch-size", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -261,9 +268,25 @@ def test_interrupted_ingestion_completes_on_rerun(
     assert process.returncode != 0  # it was killed, not finished
 
     partial = TPStore(connect(db), "big", encoder).count()
-    assert min(partial) > 0 and max(partial) < total
+    assert min(partial) > 0 and max(partial) < len(want)
 
-    assert main([*args, "--db", str(db)]) == 0
+    assert main([*args, "--db", str(db)]) == 0  # batch size is not part of the space
     store = TPStore(connect(db), "big", encoder)
-    assert store.count() == (total, total)
-    assert ids(store.on) == ids(store.off) == ids(clean.on)
+    assert store.count() == (len(want), len(want))
+    assert ids(store.on) == ids(store.off) == want
+
+
+def test_cli_ingest_loads_the_model_once(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `tp-rag ingest` reads the weights once for both TP on and TP off, also when the
+    model is a relative path (Chroma's stored embedding-function config uses absolute ones)."""
+    from tp_rag import loading
+    from tp_rag.testing import save_tiny_model
+
+    save_tiny_model(tmp_path / "fresh", "llama", num_layers=2, hidden_size=32, seed=7)
+    monkeypatch.chdir(tmp_path)
+    before = loading.load_count
+    args = ["ingest", str(corpus), "--collection", "once", "--db", "db", "--model", "fresh"]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert loading.load_count - before == 1

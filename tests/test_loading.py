@@ -104,3 +104,12 @@ def test_fingerprint_uses_weights_not_path(tiny_llama: Path, tmp_path: Path) -> 
     base = TPEncoder.from_pretrained(tiny_llama).config.fingerprint()
     assert TPEncoder.from_pretrained(copy).config.fingerprint() == base
     assert TPEncoder.from_pretrained(other).config.fingerprint() != base
+
+
+def test_no_argument_means_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_pretrained() asks for DEFAULT_MODEL; offline, the error names it and the fix."""
+    from tp_rag import DEFAULT_MODEL
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=rf"(?s){DEFAULT_MODEL}.*local directory"):
+        TPEncoder.from_pretrained()

@@ -8,10 +8,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tp_rag.config import TPConfig
-from tp_rag.encoder import TPEncoder
-from tp_rag.loading import DEFAULT_MODEL
 from tp_rag.prompts import BUILTIN_PROMPTS, PLACEHOLDER
+
+if TYPE_CHECKING:
+    from tp_rag.encoder import TPEncoder
 
 __all__ = ["BUILTIN_PROMPTS", "DEFAULT_MODEL", "PLACEHOLDER", "TPConfig", "TPEncoder"]
 __version__ = "0.1.0"
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+"""The model used when none is given: small, ungated, runs on a laptop CPU."""
+
+
+def __getattr__(name: str) -> Any:
+    # torch and transformers load on first use of the encoder, so `tp-rag --help` stays fast.
+    if name == "TPEncoder":
+        from tp_rag.encoder import TPEncoder
+
+        return TPEncoder
+    raise AttributeError(f"module 'tp_rag' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tp_rag import DEFAULT_MODEL
 from tp_rag.config import DTYPES, POOLINGS
 
 COMMAND_MODULES: tuple[str, ...] = ("tp_rag.ingest", "tp_rag.evaluation")
@@ -36,7 +37,7 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=None,
-        help="hub name or local model directory (default: %(prog)s's default model)",
+        help=f"hub name or local model directory (default: {DEFAULT_MODEL})",
     )
     group.add_argument("--preset", default=None, help="JSON preset file (e.g. from tp-rag tune)")
     group.add_argument(

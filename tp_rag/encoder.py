@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tp_rag import loading
+from tp_rag import DEFAULT_MODEL, loading
 from tp_rag.config import TPConfig
 from tp_rag.presets import default_settings, num_decoder_layers, read_preset_file
 from tp_rag.prompts import PLACEHOLDER, clean_sentence, render, resolve_prompt
@@ -76,7 +76,7 @@ class TPEncoder:
         >>> enc = TPEncoder.from_pretrained("/models/llama-2-7b", tp_stop=7)  # doctest: +SKIP
         """
         TPConfig.check_keys(settings, "TPEncoder.from_pretrained()")
-        name = str(model_name_or_path) if model_name_or_path else loading.DEFAULT_MODEL
+        name = str(model_name_or_path) if model_name_or_path else DEFAULT_MODEL
         from_file: dict[str, Any] = {}
         if preset is not None:
             from_file = read_preset_file(preset)
@@ -106,6 +106,11 @@ class TPEncoder:
             "model_kwargs": dict(model_kwargs or {}),
         }
         return cls(loaded, config.replace(model_digest=loaded.digest), load_kwargs)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers of the model (``output_layer`` ranges over 0..num_layers)."""
+        return self._num_layers
 
     @property
     def dimension(self) -> int:

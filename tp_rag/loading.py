@@ -12,6 +12,7 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +25,6 @@ from transformers.models.auto.modeling_auto import (
 
 from tp_rag.presets import num_decoder_layers
 from tp_rag.prompts import PLACEHOLDER
-
-DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-"""The model used when none is given: small, ungated, runs on a laptop CPU."""
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
 """How a newly added ``<PST>`` row is initialised: the mean of the checkpoint's input-embedding
@@ -188,8 +186,9 @@ def load_model(
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Load (or reuse) the base decoder, without its LM head, with ``<PST>`` added."""
+    local = Path(name_or_path).expanduser()
     key = (
-        name_or_path,
+        str(local.resolve()) if local.is_dir() else name_or_path,  # one load per directory
         revision,
         trust_remote_code,
         str(device),

@@ -1,0 +1,300 @@
+"""The Gradio demo (demo/app.py): its handlers called directly, and the served app driven
+through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from tp_rag import TPEncoder
+from tp_rag.ingest import demo_directory, load_demo_module
+from tp_rag.store import connect, describe_change
+
+COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
+
+FILES = {
+    "comets.txt": "Comets are balls of ice and dust that grow tails near the Sun.",
+    "volcanoes.md": "# Volcanoes\n\nSticky magma traps gas, so some volcanoes explode.",
+}
+
+
+@pytest.fixture(scope="module")
+def app_module() -> ModuleType:
+    return load_demo_module()
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_llama: Path) -> TPEncoder:
+    return TPEncoder.from_pretrained(tiny_llama, device="cpu")
+
+
+@pytest.fixture
+def demo(app_module: ModuleType, encoder: TPEncoder, tmp_path: Path) -> Any:
+    return app_module.Demo(encoder, connect(tmp_path / "db"))
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    paths = []
+    for name, text in FILES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+        paths.append(folder / name)
+    return paths
+
+
+def write_beir(folder: Path, corpus: dict[str, str], queries: dict[str, str], qrels: str) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as out:
+        for doc_id, text in corpus.items():
+            out.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as out:
+        for query_id, text in queries.items():
+            out.write(json.dumps({"_id": query_id, "text": text}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+
+
+# Queries identical to their relevant document: any deterministic encoder ranks it first.
+EXACT_CORPUS = {f"d{i}": f"Topic number {i} is about {w}." for i, w in enumerate("abcdefgh")}
+EXACT_QUERIES = {"q1": EXACT_CORPUS["d2"], "q2": EXACT_CORPUS["d5"]}
+EXACT_QRELS = "q1\td2\t1\nq2\td5\t2\n"
+
+
+def test_demo_locates_its_folder_and_sample_corpus(app_module: ModuleType) -> None:
+    """`tp-rag demo` finds demo/app.py; the bundled sample has a few dozen documents and a
+    dozen labelled queries, every label pointing at a real document."""
+    assert demo_directory() == Path(app_module.__file__).parent
+    sample = app_module.load_sample_set()
+    assert 24 <= len(sample.corpus) <= 48
+    assert 10 <= len(sample.queries) <= 16
+    assert all(doc in sample.corpus for docs in sample.qrels.values() for doc in docs)
+    assert len({path.suffix for path in (app_module.SAMPLE / "docs").iterdir()}) >= 3
+
+
+def test_ingest_handler_reports_counts(demo: Any, uploads: list[Path], tmp_path: Path) -> None:
+    """Uploading files ingests them under their file names and reports files, chunks and the
+    collection sizes; a bad file is named as skipped; uploading nothing is an error."""
+    bad = tmp_path / "uploads" / "empty.txt"
+    bad.write_bytes(b"")
+    report = demo.ingest_files([str(p) for p in [*uploads, bad]])
+    on, off = demo.store.count()
+    assert on == off > 0
+    assert f"**{on}** chunks embedded with TP on" in report
+    assert "2 files (2 new or changed" in report
+    assert "`empty.txt`: empty file" in report
+    sources = {m["source"] for m in demo.store.on.get(include=["metadatas"])["metadatas"]}
+    assert sources == set(FILES)
+    again = demo.ingest_files([str(p) for p in uploads])
+    assert "0 chunks written" in again and demo.store.count() == (on, off)
+    with pytest.raises(ValueError, match="no files"):
+        demo.ingest_files([])
+
+
+def test_compare_handler_gives_two_marked_columns(demo: Any, uploads: list[Path]) -> None:
+    """Compare returns a TP-on and a TP-off table (rank, similarity, source, snippet); a query
+    equal to a document tops both; each row's mark agrees with the other table."""
+    demo.ingest_files([str(p) for p in uploads])
+    on, off, note = demo.compare(FILES["comets.txt"], k=5)
+    assert list(on.columns) == list(off.columns) == COLUMNS
+    assert on["source"][0] == off["source"][0] == "comets.txt #0"
+    assert on["similarity"][0] == pytest.approx(1.0, abs=1e-3)
+    assert list(on["rank"]) == list(range(1, len(on) + 1))
+    for table, other, side in ((on, off, "TP on"), (off, on, "TP off")):
+        ranks = dict(zip(other["source"], other["rank"], strict=True))
+        for source, rank, mark in zip(
+            table["source"], table["rank"], table["vs other"], strict=True
+        ):
+            change = ranks[source] - rank if source in ranks else None
+            assert mark == describe_change(change, side)
+    assert "found by both" in note
+
+
+def test_compare_on_an_empty_collection_and_an_empty_query(demo: Any) -> None:
+    """An empty collection gives empty tables and says so; an empty query is an error."""
+    on, off, note = demo.compare("anything", k=3)
+    assert on.empty and off.empty and "empty" in note
+    with pytest.raises(ValueError, match="empty"):
+        demo.compare("   ", k=3)
+
+
+def test_sample_corpus_loads_once(demo: Any, app_module: ModuleType) -> None:
+    """Loading the sample corpus ingests all its documents; loading it again adds nothing."""
+    report = demo.ingest_sample()
+    count = len(list((app_module.SAMPLE / "docs").iterdir()))
+    assert f"{count} files ({count} new or changed" in report
+    assert "0 chunks written" in demo.ingest_sample()
+
+
+def test_evaluate_handler_on_the_sample_set(demo: Any) -> None:
+    """Evaluate (sample set) returns nDCG@10, Recall@10, MRR@10 for TP on and off, in [0, 1],
+    a six-bar chart frame, and a note with the set's size."""
+    table, chart, note = demo.evaluate()
+    assert list(table["metric"]) == ["nDCG@10", "Recall@10", "MRR@10"]
+    for column in ("TP on", "TP off"):
+        assert all(0.0 <= value <= 1.0 for value in table[column])
+    assert len(chart) == 6 and set(chart["setting"]) == {"TP on", "TP off"}
+    assert "13 queries over 32 documents" in note
+
+
+def test_evaluate_an_uploaded_beir_zip_and_loose_files(
+    demo: Any, app_module: ModuleType, tmp_path: Path
+) -> None:
+    """An uploaded BEIR dataset (zip, or its loose files) is loaded and scored; queries equal to
+    their relevant document score 1.0 on every metric with TP on and off."""
+    folder = tmp_path / "beir"
+    write_beir(folder, EXACT_CORPUS, EXACT_QUERIES, EXACT_QRELS)
+    archive = tmp_path / "beir.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                zipped.write(path, Path("mydata") / path.relative_to(folder))
+    loose = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
+    for upload in ([archive], loose):
+        table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(p) for p in upload])
+        assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+        assert "2 queries over 8 documents" in note
+
+
+def test_bad_beir_uploads_are_explained(app_module: ModuleType, tmp_path: Path, demo: Any) -> None:
+    """Missing files, a broken zip, no upload, a record without an id and a malformed qrels
+    line give errors that say what is wrong."""
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
+    with pytest.raises(ValueError, match=r"no queries\.jsonl.*corpus\.jsonl"):
+        app_module.load_beir([tmp_path / "corpus.jsonl"])
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match="not a valid zip"):
+        app_module.load_beir([tmp_path / "broken.zip"])
+    with pytest.raises(ValueError, match="upload"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [])
+    files = [tmp_path / name for name in ("corpus.jsonl", "queries.jsonl", "test.tsv")]
+    (tmp_path / "queries.jsonl").write_text('{"text": "no id"}\n')
+    (tmp_path / "test.tsv").write_text("q\td\t1\n")
+    with pytest.raises(ValueError, match=r"queries\.jsonl: a record has no '_id' field"):
+        app_module.load_beir(files)
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\tvery\n")
+    with pytest.raises(ValueError, match=r"test\.tsv, line 2: expected query-id"):
+        app_module.load_beir(files)
+
+
+def test_metrics_come_from_pytrec_eval(app_module: ModuleType) -> None:
+    """nDCG@10, Recall@10 and MRR@10 match trec_eval's definitions on a worked example, and a
+    query missing from the run counts as zero."""
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    run = {"q1": {"d2": 0.9, "d1": 0.8}}
+    scores = app_module.retrieval_metrics(qrels, run)
+    assert scores["MRR@10"] == pytest.approx(0.5 / 2)
+    assert scores["Recall@10"] == pytest.approx(1.0 / 2)
+    assert scores["nDCG@10"] == pytest.approx((1 / math.log2(3)) / 2)
+
+
+@pytest.fixture(scope="module")
+def served(
+    app_module: ModuleType, encoder: TPEncoder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any]]:
+    """The app served on 127.0.0.1 (a free port), torn down after the module."""
+    demo = app_module.Demo(encoder, connect(tmp_path_factory.mktemp("served") / "db"))
+    app = app_module.build_app(demo)
+    _, url, _ = app_module.launch(app, port=None, block=False)
+    try:
+        yield url, demo
+    finally:
+        app.close()
+
+
+def test_launched_app_through_gradio_client(served: tuple[str, Any], uploads: list[Path]) -> None:
+    """The served app binds to 127.0.0.1 and answers /status, /ingest (file upload), /compare
+    and /evaluate through gradio_client like a browser would."""
+    from gradio_client import Client, handle_file
+
+    url, demo = served
+    assert url.startswith("http://127.0.0.1:")
+    client = Client(url, verbose=False)
+    assert "holds **0** chunks" in client.predict(api_name="/status")
+
+    report = client.predict([handle_file(str(p)) for p in uploads], api_name="/ingest")
+    assert "2 files (2 new or changed" in report
+    assert demo.store.count()[0] > 0
+
+    on, off, note = client.predict(FILES["volcanoes.md"], 3, api_name="/compare")
+    assert on["headers"] == off["headers"] == COLUMNS
+    assert on["data"][0][3] == off["data"][0][3] == "volcanoes.md #0"
+
+    table, _, note = client.predict(
+        "Bundled sample set (32 documents, 13 queries)", [], api_name="/evaluate"
+    )
+    assert [row[0] for row in table["data"]] == ["nDCG@10", "Recall@10", "MRR@10"]
+    assert "13 queries" in note
+
+
+def test_launched_app_shows_errors_and_limits_uploads(
+    served: tuple[str, Any], app_module: ModuleType
+) -> None:
+    """A bad request comes back as the handler's message, and the server enforces the upload
+    size limit it was launched with."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="the query is empty"):
+        client.predict("  ", 3, api_name="/compare")
+    assert client.config["max_file_size"] == 20 * 1024**2
+    too_big = ("big.txt", b"x" * (20 * 1024**2 + 1), "text/plain")
+    response = httpx.post(f"{url}gradio_api/upload", files={"files": too_big}, timeout=60)
+    assert response.status_code == 413
+    small = httpx.post(f"{url}gradio_api/upload", files={"files": ("ok.txt", b"x")}, timeout=60)
+    assert small.status_code == 200
+
+
+def test_tp_rag_demo_command_serves_the_app(
+    tmp_path: Path, tiny_llama: Path, uploads: list[Path]
+) -> None:
+    """`tp-rag demo` (what `make demo` runs) serves the app on 127.0.0.1; given the name of a
+    collection made by `tp-rag ingest`, it reuses that collection's model and settings."""
+    from gradio_client import Client
+
+    from tp_rag.cli import main
+
+    db = tmp_path / "db"
+    ingest_args = ["ingest", *map(str, uploads), "--collection", "docs", "--db", str(db)]
+    assert main([*ingest_args, "--model", str(tiny_llama), "--device", "cpu"]) == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "tp_rag", "demo", "--db", str(db), "--collection", "docs"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, "tp-rag demo exited"
+            assert time.monotonic() < deadline, "tp-rag demo did not start in 120 s"
+            time.sleep(0.5)
+        status = Client(url, verbose=False).predict(api_name="/status")
+        assert "Collection `docs` holds **2** chunks" in status
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

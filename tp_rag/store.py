@@ -1,0 +1,338 @@
+"""Chroma collections for comparing retrieval with TP on and off.
+
+A store named ``NAME`` is two collections: ``NAME`` holds chunks embedded with Token Prepending
+on, ``NAME-tp-off`` the same chunks embedded with it off. Each records its encoder's
+``fingerprint()`` and settings in its metadata and carries a ``TPEmbeddingFunction``, so Chroma
+users can query it by text. Opening a store with an encoder whose embedding space differs from
+the recorded one raises ``ConfigMismatchError``: vectors from different spaces never mix.
+
+>>> store = TPStore(connect("chroma_db"), "docs", encoder)  # doctest: +SKIP
+>>> on, off = store.search("Who plays music?", k=3)  # doctest: +SKIP
+>>> [hit.source for hit in on]  # doctest: +SKIP
+['/data/music.md', '/data/guitar.txt', '/data/band.md']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tp_rag.documents import Chunk
+    from tp_rag.encoder import TPEncoder
+
+DEFAULT_DB = "chroma_db"
+"""Where ``connect`` keeps an embedded Chroma database when no folder is given."""
+TWIN_SUFFIX = "-tp-off"
+"""``NAME + TWIN_SUFFIX`` is the collection of the same chunks embedded with TP off."""
+
+_FINGERPRINT = "tp_rag_fingerprint"
+_CONFIG = "tp_rag_config"
+_TP = "tp_rag_tp"
+_STORE = "tp_rag_store"
+_CHUNK_SIZE = "tp_rag_chunk_size"
+_CHUNK_OVERLAP = "tp_rag_chunk_overlap"
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_NAME_MAX = 512 - len(TWIN_SUFFIX)  # Chroma's limit, minus room for the twin's suffix
+
+
+class ConfigMismatchError(ValueError):
+    """A collection holds vectors of another encoder configuration than the one in use."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk."""
+
+    id: str
+    text: str
+    source: str
+    chunk_index: int
+    start: int
+    end: int
+    similarity: float
+    """Cosine similarity between the query and the chunk."""
+    rank: int
+    """1 for the best hit."""
+
+
+def connect(
+    db: str | Path | None = None, *, host: str | None = None, port: int | None = None
+) -> Any:
+    """A Chroma client: ``HttpClient`` when ``host`` is given, else a ``PersistentClient``.
+
+    Telemetry is off. ``db`` defaults to ``DEFAULT_DB`` in the working directory.
+
+    >>> client = connect("chroma_db")  # doctest: +SKIP
+    >>> client = connect(host="localhost", port=8000)  # doctest: +SKIP
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host:
+        if db is not None:
+            raise ValueError("give either a database folder (db) or a server (host), not both")
+        return chromadb.HttpClient(host=host, port=port or 8000, settings=settings)
+    if port is not None:
+        raise ValueError(f"port={port} needs a host (the Chroma server's address)")
+    return chromadb.PersistentClient(path=str(db or DEFAULT_DB), settings=settings)
+
+
+def check_name(name: str) -> str:
+    """Raise ``ValueError`` unless ``name`` can name a store (and its TP-off twin) in Chroma."""
+    if not isinstance(name, str) or not (3 <= len(name) <= _NAME_MAX and _NAME.match(name)):
+        raise ValueError(
+            f"collection name {name!r} is not valid: use 3 to {_NAME_MAX} characters from "
+            "a-z, A-Z, 0-9, '.', '_' and '-', starting and ending with a letter or digit"
+        )
+    if ".." in name:
+        raise ValueError(f"collection name {name!r} is not valid: it contains '..'")
+    if name.endswith(TWIN_SUFFIX):
+        raise ValueError(
+            f"collection name {name!r} ends in {TWIN_SUFFIX!r}, which names the TP-off twin of "
+            f"{name[: -len(TWIN_SUFFIX)]!r}; use that name instead"
+        )
+    return name
+
+
+def twin_name(name: str) -> str:
+    """The name of the TP-off collection of store ``name``."""
+    return name + TWIN_SUFFIX
+
+
+def chunk_id(source: str, chunk: Chunk) -> str:
+    """A chunk's id: a digest of its source, position and text.
+
+    Re-reading an unchanged file gives the same ids (so nothing is added twice); an edited
+    file gives new ids where its chunks changed (so the old ones can be found and removed).
+    """
+    key = json.dumps([source, chunk.index, chunk.start, chunk.text], ensure_ascii=False)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def stored_settings(client: Any, name: str) -> dict[str, Any] | None:
+    """The encoder settings (``TPConfig.to_dict()``) recorded with store ``name``, or ``None``
+    when there is no such collection or it was not made by tp-rag."""
+    from chromadb.errors import NotFoundError
+
+    try:
+        collection = client.get_collection(name, embedding_function=None)
+    except NotFoundError:
+        return None
+    raw = (collection.metadata or {}).get(_CONFIG)
+    return json.loads(raw) if isinstance(raw, str) else None
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """One line naming the settings that define an embedding space."""
+    keys = ("model", "model_digest", "prompt", "tp", "tp_start", "tp_stop", "output_layer")
+    keys += ("pooling", "normalize", "max_length", "clean_text")
+    return ", ".join(f"{key}={settings.get(key)!r}" for key in keys if key in settings)
+
+
+class TPStore:
+    """Store ``name``: the collections ``name`` (TP on) and ``name-tp-off`` (TP off).
+
+    ``create=False`` refuses to make collections that do not exist yet (for querying).
+    """
+
+    def __init__(self, client: Any, name: str, encoder: TPEncoder, *, create: bool = True) -> None:
+        from tp_rag.chroma import TPEmbeddingFunction
+
+        self.name = check_name(name)
+        self.client = client
+        self.encoder = encoder
+        self.functions = {
+            tp: TPEmbeddingFunction.from_encoder(encoder, tp=tp) for tp in (True, False)
+        }
+        self.on = self._open(name, tp=True, create=create)
+        self.off = self._open(twin_name(name), tp=False, create=create)
+
+    def _open(self, name: str, *, tp: bool, create: bool) -> Any:
+        from chromadb.errors import NotFoundError
+
+        function = self.functions[tp]
+        config = self.encoder.config.replace(tp=tp)
+        if create:
+            metadata = {
+                _FINGERPRINT: function.fingerprint(),
+                _CONFIG: json.dumps(config.to_dict(), sort_keys=True),
+                _TP: tp,
+                _STORE: self.name,
+            }
+            # An existing collection keeps its own metadata; it is checked below.
+            collection = self.client.get_or_create_collection(
+                name,
+                metadata=metadata,
+                configuration={"hnsw": {"space": "cosine"}},
+                embedding_function=function,
+            )
+        else:
+            try:
+                collection = self.client.get_collection(name, embedding_function=function)
+            except NotFoundError:
+                raise ValueError(
+                    f"there is no collection {name!r} here; make it with "
+                    f"`tp-rag ingest PATH... --collection {self.name}`"
+                ) from None
+        self._check(collection, function.fingerprint(), config.to_dict())
+        return collection
+
+    def _check(self, collection: Any, fingerprint: str, settings: dict[str, Any]) -> None:
+        metadata = collection.metadata or {}
+        stored = metadata.get(_FINGERPRINT)
+        if stored is None:
+            raise ValueError(
+                f"collection {collection.name!r} was not made by tp-rag (it records no encoder "
+                "fingerprint); pick another collection name"
+            )
+        if stored == fingerprint:
+            return
+        try:
+            recorded = json.loads(metadata.get(_CONFIG, "{}"))
+        except json.JSONDecodeError:
+            recorded = {}
+        differ = [
+            f"{key} {recorded.get(key)!r} vs {settings.get(key)!r}"
+            for key in sorted(set(recorded) | set(settings))
+            if key not in ("batch_size", "device", "dtype")
+            and recorded.get(key) != settings.get(key)
+        ]
+        raise ConfigMismatchError(
+            f"collection {collection.name!r} holds vectors of encoder configuration {stored} "
+            f"({describe_settings(recorded)}), but this encoder's configuration is "
+            f"{fingerprint} ({describe_settings(settings)}); they differ in "
+            f"{'; '.join(differ) or 'the method version'}. Vectors from different embedding "
+            "spaces must not mix: use the settings the collection was built with, or another "
+            "collection name."
+        )
+
+    def __repr__(self) -> str:
+        on, off = self.count()
+        return f"TPStore(name={self.name!r}, chunks_tp_on={on}, chunks_tp_off={off})"
+
+    def chunking(self) -> tuple[int, int] | None:
+        """The ``(chunk_size, chunk_overlap)`` recorded by the last ingestion, if any."""
+        metadata = self.on.metadata or {}
+        if _CHUNK_SIZE in metadata and _CHUNK_OVERLAP in metadata:
+            return int(metadata[_CHUNK_SIZE]), int(metadata[_CHUNK_OVERLAP])
+        return None
+
+    def record_chunking(self, chunk_size: int, chunk_overlap: int) -> None:
+        """Remember how chunks are cut, so a later ingestion cuts the same files the same way."""
+        for collection in (self.on, self.off):
+            metadata = dict(collection.metadata or {})
+            metadata.update({_CHUNK_SIZE: chunk_size, _CHUNK_OVERLAP: chunk_overlap})
+            collection.modify(metadata=metadata)
+
+    def count(self) -> tuple[int, int]:
+        """Number of chunks in the TP-on and the TP-off collection."""
+        return self.on.count(), self.off.count()
+
+    def source_ids(self, source: str) -> tuple[set[str], set[str]]:
+        """Ids of the chunks of ``source`` in the TP-on and the TP-off collection."""
+        return tuple(  # type: ignore[return-value]
+            set(collection.get(where={"source": source}, include=[])["ids"])
+            for collection in (self.on, self.off)
+        )
+
+    def upsert(
+        self,
+        entries: Sequence[tuple[str, Chunk]],
+        on_vectors: np.ndarray,
+        off_vectors: np.ndarray,
+    ) -> None:
+        """Write ``(source, chunk)`` entries with their TP-on and TP-off vectors (same order)."""
+        if not len(entries) == len(on_vectors) == len(off_vectors):
+            raise ValueError(
+                f"{len(entries)} chunks but {len(on_vectors)} TP-on and {len(off_vectors)} "
+                "TP-off vectors"
+            )
+        step = self.client.get_max_batch_size()
+        for begin in range(0, len(entries), step):
+            part = entries[begin : begin + step]
+            ids = [chunk_id(source, chunk) for source, chunk in part]
+            documents = [chunk.text for _, chunk in part]
+            metadatas = [
+                {"source": source, "chunk_index": c.index, "start": c.start, "end": c.end}
+                for source, c in part
+            ]
+            for collection, vectors in ((self.on, on_vectors), (self.off, off_vectors)):
+                collection.upsert(
+                    ids=ids,
+                    embeddings=vectors[begin : begin + step],
+                    documents=documents,
+                    metadatas=metadatas,
+                )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove chunks from both collections (ids absent from one are ignored there)."""
+        if ids:
+            for collection in (self.on, self.off):
+                collection.delete(ids=list(ids))
+
+    def search(self, query: str, k: int = 5) -> tuple[list[Hit], list[Hit]]:
+        """The ``k`` chunks most similar to ``query`` with TP on, and with TP off."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty; type what you are looking for")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be a positive integer")
+        return self._search(self.on, query, k), self._search(self.off, query, k)
+
+    @staticmethod
+    def _search(collection: Any, query: str, k: int) -> list[Hit]:
+        size = collection.count()
+        if size == 0:
+            return []
+        # query_texts: Chroma embeds the query with the collection's TPEmbeddingFunction.
+        result = collection.query(
+            query_texts=[query],
+            n_results=min(k, size),
+            include=["documents", "metadatas", "distances"],
+        )
+        rows = zip(
+            result["ids"][0],
+            result["documents"][0],
+            result["metadatas"][0],
+            result["distances"][0],
+            strict=True,
+        )
+        return [
+            Hit(
+                id=id_,
+                text=text,
+                source=str(meta["source"]),
+                chunk_index=int(meta["chunk_index"]),
+                start=int(meta["start"]),
+                end=int(meta["end"]),
+                similarity=1.0 - float(distance),  # Chroma's cosine distance is 1 - cosine
+                rank=rank,
+            )
+            for rank, (id_, text, meta, distance) in enumerate(rows, start=1)
+        ]
+
+
+def rank_change(hit: Hit, other: Sequence[Hit]) -> int | None:
+    """How many places higher ``hit`` ranks than the same chunk in ``other`` (negative: lower);
+    ``None`` when ``other`` does not have it."""
+    for candidate in other:
+        if candidate.id == hit.id:
+            return candidate.rank - hit.rank
+    return None
+
+
+def describe_change(change: int | None, side: str) -> str:
+    """``rank_change`` as a short label: ``only TP on``, ``=``, ``▲2`` or ``▼1``."""
+    if change is None:
+        return f"only {side}"
+    if change == 0:
+        return "="
+    return f"▲{change}" if change > 0 else f"▼{-change}"
