@@ -9,7 +9,7 @@ Prints, for one run on one machine, a table of ratios on a random Llama-shaped m
 forward with ``output_hidden_states=True`` through every layer and the LM head, batches in input
 order, then ``hidden_states[output_layer][:, -1]``. TP is the same overwrite in both.
 
-Usage: python benchmarks/bench_encoder.py [--layers 24] [--hidden 256] [--texts 200]
+Usage: python benchmarks/bench_encoder.py [--shape small|qwen2.5-0.5b|llama-2-7b] [--texts 200]
        [--device cpu|cuda] [--dtype float32|bfloat16] [--record]
 """
 
@@ -17,31 +17,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import random
 import resource
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
+from _common import SHAPES, interleaved_best, machine, make_model, markdown, record, texts_of_length
 
 from tp_rag import TPEncoder
 from tp_rag.prompts import clean_sentence, render
-from tp_rag.testing import save_tiny_model, tiny_tokenizer
-
-WORDS = [
-    *"the model reads a sentence and writes one word that captures its meaning".split(),
-    *"while the placeholder lets early tokens see a summary of everything later".split(),
-    *"boundary layer wing pressure market budget school river cloud music guitar".split(),
-]
-GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
 
 
 class PeakRSS:
@@ -75,10 +65,7 @@ class PeakRSS:
 def make_texts(count: int, seed: int = 0) -> list[str]:
     """Mixed lengths: 4 to 90 words, deterministic."""
     rng = random.Random(seed)
-    return [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 90))).capitalize() + "."
-        for _ in range(count)
-    ]
+    return [texts_of_length(rng.randint(4, 90), 1, seed + i)[0] for i in range(count)]
 
 
 def authors_style(encoder: TPEncoder, model_dir: Path) -> Callable[[list[str]], np.ndarray]:
@@ -136,22 +123,6 @@ def authors_style(encoder: TPEncoder, model_dir: Path) -> Callable[[list[str]], 
     return embed
 
 
-def interleaved_min(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Seconds per variant: the variants alternate within each round (so load from other work
-    hits them alike) and the fastest round counts (the least disturbed one)."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def peak_memory_child(args: argparse.Namespace, model_dir: Path, variant: str) -> float:
     """Peak memory (MiB) of one variant's encoding, measured in a fresh process."""
     run = subprocess.run(
@@ -201,24 +172,11 @@ def child(args: argparse.Namespace) -> None:
         print(peak.mib)
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return (
-            f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-        )
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (CPU)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -235,28 +193,25 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_tiny_model(
-            Path(tmp) / "llama",
-            "llama",
-            num_layers=args.layers,
-            hidden_size=args.hidden,
-            intermediate_size=int(args.hidden * 2.6875),
-            vocab_size=args.vocab,
-            tokenizer=AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
-            if GPT2_TOKENIZER.is_dir()
-            else tiny_tokenizer(add_bos=True),
-        )
+        model_dir = make_model(Path(tmp) / "llama", args.shape, dtype=args.dtype)
         encoder = TPEncoder.from_pretrained(
             model_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size
         )
         texts = make_texts(args.texts)
-        tokens = sum(len(encoder.tokenizer(t)["input_ids"]) for t in texts)
+        template = encoder.config.templates[0]
+        tokens_on, tokens_off = (
+            sum(
+                len(encoder.tokenizer(render(template, clean_sentence(t), tp=tp).text).input_ids)
+                for t in texts
+            )
+            for tp in (True, False)
+        )
         authors = authors_style(encoder, model_dir)
         # Same vectors? (guards the comparison, not a test)
         same = np.abs(authors(texts[:8]) - encoder.encode(texts[:8])).max()
 
         encoder.encode(texts[:32])  # warm-up
-        seconds = interleaved_min(
+        seconds = interleaved_best(
             {
                 "on": lambda: encoder.encode(texts),
                 "off": lambda: encoder.encode(texts, tp=False),
@@ -271,6 +226,11 @@ def main() -> None:
     c = encoder.config
     rows = [
         ("(a) TP on / TP off time", f"{t_on / t_off:.3f}", "<= 1.03"),
+        (
+            "(a) TP on / TP off prompt tokens (`<PST>` and its space)",
+            f"{tokens_on / tokens_off:.3f}",
+            "",
+        ),
         ("(b) authors' style / tp-rag time", f"{t_authors / t_on:.2f}", ">= 1.3"),
         ("(c) peak memory, tp-rag (MiB)", f"{mem_ours:.0f}", ""),
         ("(c) peak memory, authors' style (MiB)", f"{mem_authors:.0f}", ""),
@@ -278,25 +238,19 @@ def main() -> None:
     ]
     table = [
         f"Machine: {machine()}",
-        f"Model: random Llama, {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, "
-        f"{args.dtype}; TP layers [{c.tp_start}, {c.tp_stop}), output_layer {c.output_layer}; "
-        f"{len(texts)} texts, {tokens} prompt tokens, batch {args.batch_size}, "
+        f"Model: random Llama, shape {args.shape} (layers, hidden, intermediate, heads, kv heads, "
+        f"vocab = {SHAPES[args.shape]}), {args.dtype}; "
+        f"TP layers [{c.tp_start}, {c.tp_stop}), output_layer {c.output_layer}; "
+        f"{len(texts)} texts, {tokens_on} prompt tokens (TP on), batch {args.batch_size}, "
         f"best of {args.repeats} interleaved rounds",
         f"Seconds: TP on {t_on:.2f}, TP off {t_off:.2f}, authors' style {t_authors:.2f}; "
         f"max |authors - tp-rag| on 8 texts = {same:.1e}",
         "",
-        "| measure | value | goal |",
-        "|---|---|---|",
-        *[f"| {name} | {value} | {goal} |" for name, value, goal in rows],
+        *markdown(["measure", "value", "goal"], [list(row) for row in rows]),
     ]
     print("\n".join(table))
     if args.record:
-        docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-        with docs.open("a", encoding="utf-8") as handle:
-            handle.write(
-                f"\n## bench_encoder.py — {time.strftime('%Y-%m-%d')}\n\n" + "\n".join(table) + "\n"
-            )
-        print(f"\nappended to {docs}")
+        record("bench_encoder.py", table)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,10 @@ queries (the bundled set, or an uploaded BEIR folder) with nDCG@10, Recall@10 an
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,15 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from tp_rag.documents import SUFFIXES, read_document
+from tp_rag.datasets import (
+    RetrievalSet,
+    read_beir_upload,
+    read_labelled_documents,
+    relevant_only,
+)
+from tp_rag.documents import SUFFIXES
 from tp_rag.encoder import TPEncoder
+from tp_rag.evaluation import score_retrieval
 from tp_rag.ingest import IngestSummary, ingest
 from tp_rag.store import Hit, TPStore, describe_change, rank_change
 
@@ -41,199 +45,42 @@ SAMPLE = Path(__file__).resolve().parent / "sample"
 
 SAMPLE_CHOICE = "Bundled sample set (32 documents, 13 queries)"
 UPLOAD_CHOICE = "Uploaded BEIR folder or zip"
-METRICS = {"nDCG@10": "ndcg_cut_10", "Recall@10": "recall_10", "MRR@10": "recip_rank"}
-"""Displayed name -> pytrec_eval result key. MRR@10 is trec_eval's reciprocal rank computed on
-runs cut to their 10 best documents."""
-_MEASURES = {"ndcg_cut.10", "recall.10", "recip_rank"}  # what pytrec_eval is asked for
-_CUTOFF = 10
-_MAX_UNZIPPED = 512 * 1024 * 1024  # refuse zips that would unpack to more than this
+RECALL_AT = 10  # the demo's sets are small: Recall@10 beside nDCG@10 and MRR@10
 _COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
 _WIDTHS = ["8%", "14%", "14%", "22%", "42%"]
 
 
-# --- labelled query sets ---------------------------------------------------------------------
-
-
-@dataclass
-class LabelledSet:
-    """Documents, queries and graded relevance labels (``qrels[query_id][doc_id] = gain``)."""
-
-    name: str
-    corpus: dict[str, str]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def _jsonl(name: str, data: bytes) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{name}, line {number}: not JSON ({error.msg})") from None
-    return rows
-
-
-def _field(row: dict[str, Any], key: str, name: str) -> str:
-    if key not in row:
-        raise ValueError(f"{name}: a record has no {key!r} field ({json.dumps(row)[:80]})")
-    return str(row[key] or "")
-
-
-def _parse_labels(
-    queries_file: tuple[str, bytes], qrels_file: tuple[str, bytes]
-) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    queries = {
-        _field(row, "_id", queries_file[0]): _field(row, "text", queries_file[0])
-        for row in _jsonl(*queries_file)
-    }
-    qrels: dict[str, dict[str, int]] = {}
-    name, data = qrels_file
-    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
-        fields = line.split("\t") if "\t" in line else line.split()
-        if not fields:
-            continue
-        try:
-            query_id, doc_id, score = fields[0], fields[1], int(float(fields[2]))
-        except (IndexError, ValueError):
-            if number == 1:
-                continue  # the header: query-id, corpus-id, score
-            raise ValueError(
-                f"{name}, line {number}: expected query-id, corpus-id, score"
-            ) from None
-        if score > 0:
-            qrels.setdefault(query_id, {})[doc_id] = score
-    return queries, qrels
-
-
-def _labelled(
-    name: str, corpus: dict[str, str], queries: dict[str, str], qrels: Any
-) -> LabelledSet:
-    qrels = {q: docs for q, docs in qrels.items() if q in queries}
-    if not corpus:
-        raise ValueError(f"{name}: the corpus is empty")
-    if not qrels:
-        raise ValueError(f"{name}: no query has a positive relevance label")
-    return LabelledSet(name, corpus, {q: queries[q] for q in qrels}, qrels)
-
-
-def load_sample_set(folder: Path = SAMPLE) -> LabelledSet:
-    """The bundled sample: each document of ``docs/`` is one corpus entry, id = file stem."""
-    if not (folder / "docs").is_dir():
-        raise OSError(f"the sample corpus is missing ({folder / 'docs'} does not exist)")
-    corpus = {
-        path.stem: read_document(path)
-        for path in sorted((folder / "docs").iterdir())
-        if path.suffix.lower() in SUFFIXES
-    }
-    queries_path, qrels_path = folder / "queries.jsonl", folder / "qrels" / "test.tsv"
-    queries, qrels = _parse_labels(
-        (queries_path.name, queries_path.read_bytes()), (qrels_path.name, qrels_path.read_bytes())
-    )
-    return _labelled("sample set", corpus, queries, qrels)
-
-
-def load_beir(paths: Sequence[str | Path]) -> LabelledSet:
-    """A BEIR dataset from a folder, a zip of one, or its loose files.
-
-    Needs ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
-    ``text``) and a qrels file (``qrels/test.tsv`` preferred, else any ``.tsv``).
-    """
-    files: dict[str, bytes] = {}
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file():
-                    files[child.relative_to(path).as_posix()] = child.read_bytes()
-        elif path.suffix.lower() == ".zip":
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    members = [m for m in archive.infolist() if not m.is_dir()]
-                    if sum(m.file_size for m in members) > _MAX_UNZIPPED:
-                        raise ValueError(f"{path.name}: unpacks to more than 512 MB")
-                    for member in members:
-                        files[member.filename] = archive.read(member)
-            except zipfile.BadZipFile:
-                raise ValueError(f"{path.name}: not a valid zip file") from None
-        else:
-            files[path.name] = path.read_bytes()
-
-    def find(description: str, *candidates: Callable[[str], bool]) -> tuple[str, bytes]:
-        for matches in candidates:
-            names = sorted(name for name in files if matches(name))
-            if names:
-                return names[0], files[names[0]]
-        raise ValueError(
-            f"no {description} among the uploaded files ({', '.join(sorted(files)) or 'none'}); "
-            "a BEIR folder has corpus.jsonl, queries.jsonl and qrels/test.tsv"
-        )
-
-    corpus_file = find("corpus.jsonl", lambda n: Path(n).name == "corpus.jsonl")
-    queries_file = find("queries.jsonl", lambda n: Path(n).name == "queries.jsonl")
-    qrels_file = find(
-        "qrels .tsv file",
-        lambda n: n.endswith("qrels/test.tsv") or n == "test.tsv",
-        lambda n: n.endswith(".tsv"),
-    )
-    corpus = {
-        _field(row, "_id", corpus_file[0]): " ".join(
-            filter(None, (row.get("title"), _field(row, "text", corpus_file[0])))
-        ).strip()
-        for row in _jsonl(*corpus_file)
-    }
-    queries, qrels = _parse_labels(queries_file, qrels_file)
-    return _labelled("BEIR upload", {k: v for k, v in corpus.items() if v}, queries, qrels)
-
-
-def retrieval_metrics(
-    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
-) -> dict[str, float]:
-    """nDCG@10, Recall@10 and MRR@10, averaged over the queries of ``qrels``, by pytrec_eval.
-
-    ``run[query_id][doc_id]`` is a score; each query's run must hold its 10 best documents
-    only (that makes trec_eval's reciprocal rank MRR@10). Queries missing from ``run`` count 0.
-    """
-    import pytrec_eval
-
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, _MEASURES)
-    per_query = evaluator.evaluate(run)
-    return {
-        label: sum(per_query.get(q, {}).get(measure, 0.0) for q in qrels) / len(qrels)
-        for label, measure in METRICS.items()
-    }
+# --- evaluation ------------------------------------------------------------------------------
 
 
 def _encode(
     encoder: TPEncoder,
-    texts: list[str],
+    texts: Sequence[str],
     *,
     tp: bool,
     report: Callable[[int, str], None],
     what: str,
 ) -> np.ndarray:
-    """Encode in batches, reporting progress; unit-length rows (cosine similarity by dot)."""
+    """Encode in batches, reporting progress after each."""
     step = encoder.config.batch_size
-    parts = []
+    parts = [np.zeros((0, encoder.dimension), np.float32)]
     for begin in range(0, len(texts), step):
-        parts.append(encoder.encode(texts[begin : begin + step], tp=tp, show_progress=False))
+        parts.append(encoder.encode(list(texts[begin : begin + step]), tp=tp, show_progress=False))
         report(min(begin + step, len(texts)), f"{what}, TP {'on' if tp else 'off'}")
-    vectors = np.concatenate(parts) if parts else np.zeros((0, encoder.dimension), np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.concatenate(parts)
 
 
 def evaluate(
     encoder: TPEncoder,
-    labelled: LabelledSet,
+    data: RetrievalSet,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Exact (brute-force) retrieval of ``labelled.queries`` over its corpus, TP on and off.
+    """Exact (brute-force) retrieval of ``data.queries`` over its documents, TP on and off,
+    scored like ``tp-rag eval retrieval`` but with Recall@10.
 
-    Returns ``{"TP on": {"nDCG@10": ...}, "TP off": {...}}``.
+    Returns ``{"TP on": {"nDCG@10": ..., "Recall@10": ..., "MRR@10": ...}, "TP off": {...}}``.
     """
-    doc_ids, query_ids = list(labelled.corpus), list(labelled.queries)
-    total = 2 * (len(doc_ids) + len(query_ids))
+    total = 2 * (len(data.documents) + len(data.queries))
     done = 0
 
     def report(count: int, what: str) -> None:
@@ -242,21 +89,12 @@ def evaluate(
 
     results = {}
     for tp in (True, False):
-        docs = _encode(
-            encoder, list(labelled.corpus.values()), tp=tp, report=report, what="documents"
-        )
-        done += len(doc_ids)
-        queries = _encode(
-            encoder, list(labelled.queries.values()), tp=tp, report=report, what="queries"
-        )
-        done += len(query_ids)
-        scores = queries @ docs.T  # (queries, documents)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :_CUTOFF]
-        run = {
-            query_id: {doc_ids[j]: float(scores[i, j]) for j in top[i]}
-            for i, query_id in enumerate(query_ids)
-        }
-        results["TP on" if tp else "TP off"] = retrieval_metrics(labelled.qrels, run)
+        docs = _encode(encoder, data.documents, tp=tp, report=report, what="documents")
+        done += len(data.documents)
+        queries = _encode(encoder, data.queries, tp=tp, report=report, what="queries")
+        done += len(data.queries)
+        side = "TP on" if tp else "TP off"
+        results[side] = score_retrieval(data, queries, docs, recall_at=RECALL_AT)
     return results
 
 
@@ -386,16 +224,19 @@ class Demo:
         if choice == UPLOAD_CHOICE:
             if not files:
                 raise ValueError("upload a BEIR folder's files or a zip of it first")
-            labelled = load_beir(files)
+            data = read_beir_upload(files)
         else:
-            labelled = load_sample_set(self.sample)
+            data = read_labelled_documents(self.sample)
+        # Only queries with a relevant document: one judged all non-relevant would score 0.
+        data = relevant_only(data)
         started = time.perf_counter()
 
         def report(done: int, total: int, what: str) -> None:
             if progress is not None:
                 progress((done, total), desc=f"embedding {what}")
 
-        scores = evaluate(self.encoder, labelled, report)
+        scores = evaluate(self.encoder, data, report)
+        metrics = list(scores["TP on"])
         table = pd.DataFrame(
             [
                 [
@@ -404,19 +245,19 @@ class Demo:
                     round(scores["TP off"][metric], 4),
                     round(scores["TP on"][metric] - scores["TP off"][metric], 4),
                 ]
-                for metric in METRICS
+                for metric in metrics
             ],
             columns=["metric", "TP on", "TP off", "TP on − TP off"],
         )
         chart = pd.DataFrame(
             [
                 {"bar": f"{metric} {side}", "score": scores[side][metric], "setting": side}
-                for metric in METRICS
+                for metric in metrics
                 for side in ("TP on", "TP off")
             ]
         )
         note = (
-            f"{labelled.name}: {len(labelled.queries)} queries over {len(labelled.corpus)} "
+            f"{data.name}: {len(data.queries)} queries over {len(data.documents)} "
             f"documents, exact search, {time.perf_counter() - started:.1f} s. "
             "Metrics by pytrec_eval; higher is better."
         )
@@ -446,12 +287,10 @@ def build_app(demo: Demo) -> gr.Blocks:
     ``/evaluate``, ``/status``.
     """
     config = demo.encoder.config
-    queries_file = demo.sample / "queries.jsonl"
-    sample_queries = []
-    if queries_file.is_file():
-        sample_queries = [
-            row["text"] for row in _jsonl(queries_file.name, queries_file.read_bytes())
-        ]
+    try:
+        sample_queries = list(read_labelled_documents(demo.sample).queries)
+    except (OSError, ValueError):
+        sample_queries = []  # no sample, no examples
 
     @_user_errors
     def on_ingest(files: list[str] | None, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008

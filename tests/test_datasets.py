@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tp_rag import datasets
 from tp_rag.datasets import (
     PAPER_TASKS,
     SENTEVAL_STS_FILES,
     find_paper_tasks,
     read_beir,
+    read_beir_upload,
+    read_labelled_documents,
     read_senteval_folder,
     read_sts,
+    relevant_only,
 )
 
 
@@ -146,6 +152,103 @@ def test_read_beir_missing_split_lists_the_splits(tmp_path: Path) -> None:
     write_beir(tmp_path)
     with pytest.raises(FileNotFoundError, match="splits here: test"):
         read_beir(tmp_path, "dev")
+
+
+def test_read_beir_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    """A record without an id, a line that is not JSON and a malformed qrels line are refused
+    with the file, the line and what was expected."""
+    write_beir(tmp_path)
+    queries = tmp_path / "queries.jsonl"
+    _write(queries, ['{"_id": "q1", "text": "a"}', '{"text": "no id"}'])
+    with pytest.raises(ValueError, match=r"queries\.jsonl:2: a record has no '_id' field"):
+        read_beir(tmp_path)
+    _write(queries, ['{"_id": "q1", "text": "a"}', "{not json"])
+    with pytest.raises(ValueError, match=r"queries\.jsonl:2: not valid JSON"):
+        read_beir(tmp_path)
+    write_beir(tmp_path)
+    _write(tmp_path / "qrels" / "test.tsv", ["query-id\tcorpus-id\tscore", "q1\td1\tvery"])
+    with pytest.raises(ValueError, match=r"test\.tsv:2: expected query-id, corpus-id, score"):
+        read_beir(tmp_path)
+
+
+def test_read_beir_upload_zip_folder_and_loose_files(tmp_path: Path) -> None:
+    """A zip of a BEIR folder (inside a subfolder), the folder and its loose files all read to
+    what `read_beir` reads from the folder; a zip or folder gives the set its name."""
+    folder = tmp_path / "beir"
+    write_beir(folder)
+    expected = read_beir(folder)
+    archive = tmp_path / "mydata.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in folder.rglob("*"):
+            zipped.write(path, Path("mydata") / path.relative_to(folder))
+    loose = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
+    assert read_beir_upload([archive]) == replace(expected, name="mydata")
+    assert read_beir_upload([folder]) == expected
+    assert read_beir_upload(loose) == replace(expected, name="BEIR upload")
+    renamed = tmp_path / "labels.tsv"  # no test.tsv: any .tsv is the qrels file
+    renamed.write_bytes(loose[2].read_bytes())
+    assert read_beir_upload([*loose[:2], renamed]).qrels == expected.qrels
+
+
+def test_read_beir_upload_errors_name_the_uploaded_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing file is named with what was uploaded; a broken zip, a zip that unpacks too big
+    and a bad line inside a zip are refused with the uploaded names."""
+    write_beir(tmp_path / "beir")
+    corpus = tmp_path / "beir" / "corpus.jsonl"
+    with pytest.raises(ValueError, match=r"no queries\.jsonl among the uploaded files \(corpus"):
+        read_beir_upload([corpus])
+    with pytest.raises(ValueError, match=r"no qrels \.tsv file"):
+        read_beir_upload([corpus, tmp_path / "beir" / "queries.jsonl"])
+    with pytest.raises(ValueError, match=r"no corpus\.jsonl among the uploaded files \(none\)"):
+        read_beir_upload([])
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match=r"broken\.zip: not a valid zip file"):
+        read_beir_upload([broken])
+    archive = tmp_path / "beir.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(corpus, "corpus.jsonl")
+        zipped.writestr("queries.jsonl", '{"_id": "q1"}\n{oops\n')
+        zipped.writestr("qrels/test.tsv", "q1\td1\t1\n")
+    with pytest.raises(ValueError, match=r"^queries\.jsonl:2: not valid JSON"):
+        read_beir_upload([archive])
+    monkeypatch.setattr(datasets, "MAX_UNZIPPED", 100)
+    with pytest.raises(ValueError, match=r"beir\.zip: unpacks to more than"):
+        read_beir_upload([archive])
+
+
+def test_read_labelled_documents(tmp_path: Path) -> None:
+    """Each readable file of docs/ is a document whose id is its stem; labels are BEIR's."""
+    write_beir(tmp_path)
+    _write(tmp_path / "docs" / "d1.md", ["# Wings", "", "lift on a wing"])
+    _write(tmp_path / "docs" / "d2.txt", ["heat transfer in slabs"])
+    _write(tmp_path / "docs" / "notes.csv", ["not a document type"])
+    data = read_labelled_documents(tmp_path)
+    assert data.doc_ids == ("d1", "d2")
+    assert "lift on a wing" in data.documents[0] and "slabs" in data.documents[1]
+    assert data.query_ids == ("q1", "q2") and data.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}
+    with pytest.raises(FileNotFoundError, match="docs"):
+        read_labelled_documents(tmp_path / "absent")
+
+
+def test_relevant_only_keeps_queries_with_a_positive_label(tmp_path: Path) -> None:
+    """Labels of gain <= 0 go, and with them the queries left without one; none left is an
+    error."""
+    write_beir(tmp_path)
+    _write(
+        tmp_path / "qrels" / "test.tsv",
+        ["q1\td1\t2", "q1\td3\t0", "q2\td2\t0", "q3\td3\t-1"],
+    )
+    data = read_beir(tmp_path)
+    assert data.query_ids == ("q1", "q2", "q3")  # BEIR keeps every judged query
+    kept = relevant_only(data)
+    assert kept.query_ids == ("q1",) and kept.queries == ("wing lift",)
+    assert kept.qrels == {"q1": {"d1": 2}} and kept.documents == data.documents
+    _write(tmp_path / "qrels" / "test.tsv", ["q1\td1\t0"])
+    with pytest.raises(ValueError, match="no query has a positive relevance label"):
+        relevant_only(read_beir(tmp_path))
 
 
 def test_real_sts_files_have_their_documented_sizes(shared_dir: Path) -> None:

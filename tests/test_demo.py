@@ -4,7 +4,6 @@ through gradio_client."""
 from __future__ import annotations
 
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tp_rag import TPEncoder
+from tp_rag.datasets import read_labelled_documents, relevant_only
 from tp_rag.ingest import demo_directory, load_demo_module
 from tp_rag.store import connect, describe_change
 
@@ -77,10 +77,11 @@ def test_demo_locates_its_folder_and_sample_corpus(app_module: ModuleType) -> No
     """`tp-rag demo` finds demo/app.py; the bundled sample has a few dozen documents and a
     dozen labelled queries, every label pointing at a real document."""
     assert demo_directory() == Path(app_module.__file__).parent
-    sample = app_module.load_sample_set()
-    assert 24 <= len(sample.corpus) <= 48
+    sample = read_labelled_documents(app_module.SAMPLE)
+    assert 24 <= len(sample.documents) <= 48
     assert 10 <= len(sample.queries) <= 16
-    assert all(doc in sample.corpus for docs in sample.qrels.values() for doc in docs)
+    assert all(doc in sample.doc_ids for docs in sample.qrels.values() for doc in docs)
+    assert relevant_only(sample) == sample  # every sample query has a relevant document
     assert len({path.suffix for path in (app_module.SAMPLE / "docs").iterdir()}) >= 3
 
 
@@ -168,37 +169,30 @@ def test_evaluate_an_uploaded_beir_zip_and_loose_files(
         assert "2 queries over 8 documents" in note
 
 
+def test_evaluate_averages_over_queries_with_a_relevant_document(
+    demo: Any, app_module: ModuleType, tmp_path: Path
+) -> None:
+    """A query judged only non-relevant (gain 0) is left out of the average rather than
+    scored 0; a set where no query has a relevant document is refused."""
+    folder = tmp_path / "beir"
+    queries = {**EXACT_QUERIES, "q3": "A question nothing answers."}
+    write_beir(folder, EXACT_CORPUS, queries, EXACT_QRELS + "q3\td1\t0\n")
+    table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(folder)])
+    assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+    assert "2 queries over 8 documents" in note
+    (folder / "qrels" / "test.tsv").write_text("q1\td2\t0\nq2\td5\t-1\n")
+    with pytest.raises(ValueError, match="no query has a positive relevance label"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(folder)])
+
+
 def test_bad_beir_uploads_are_explained(app_module: ModuleType, tmp_path: Path, demo: Any) -> None:
-    """Missing files, a broken zip, no upload, a record without an id and a malformed qrels
-    line give errors that say what is wrong."""
-    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
-    with pytest.raises(ValueError, match=r"no queries\.jsonl.*corpus\.jsonl"):
-        app_module.load_beir([tmp_path / "corpus.jsonl"])
-    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(ValueError, match="not a valid zip"):
-        app_module.load_beir([tmp_path / "broken.zip"])
+    """No upload, or an upload without a queries file, gives an error that says what is wrong
+    (the reader's other messages are tested in test_datasets.py)."""
     with pytest.raises(ValueError, match="upload"):
         demo.evaluate(app_module.UPLOAD_CHOICE, [])
-    files = [tmp_path / name for name in ("corpus.jsonl", "queries.jsonl", "test.tsv")]
-    (tmp_path / "queries.jsonl").write_text('{"text": "no id"}\n')
-    (tmp_path / "test.tsv").write_text("q\td\t1\n")
-    with pytest.raises(ValueError, match=r"queries\.jsonl: a record has no '_id' field"):
-        app_module.load_beir(files)
-    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
-    (tmp_path / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\tvery\n")
-    with pytest.raises(ValueError, match=r"test\.tsv, line 2: expected query-id"):
-        app_module.load_beir(files)
-
-
-def test_metrics_come_from_pytrec_eval(app_module: ModuleType) -> None:
-    """nDCG@10, Recall@10 and MRR@10 match trec_eval's definitions on a worked example, and a
-    query missing from the run counts as zero."""
-    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
-    run = {"q1": {"d2": 0.9, "d1": 0.8}}
-    scores = app_module.retrieval_metrics(qrels, run)
-    assert scores["MRR@10"] == pytest.approx(0.5 / 2)
-    assert scores["Recall@10"] == pytest.approx(1.0 / 2)
-    assert scores["nDCG@10"] == pytest.approx((1 / math.log2(3)) / 2)
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
+    with pytest.raises(ValueError, match=r"no queries\.jsonl.*corpus\.jsonl"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(tmp_path / "corpus.jsonl")])
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ and the all-MiniLM-L6-v2 reference figures on the real data."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,17 +19,20 @@ from tp_rag.cli import main
 from tp_rag.datasets import (
     PAPER_TASKS,
     SENTEVAL_STS_FILES,
+    RetrievalSet,
     StsPairs,
     StsTask,
     read_beir,
     read_sts,
 )
 from tp_rag.evaluation import (
+    RETRIEVAL_METRICS,
     System,
     evaluate_sts,
     paper_summary,
     rank_documents,
     retrieval_metrics,
+    score_retrieval,
     sts_spearman,
     text_index,
     tp_systems,
@@ -192,6 +196,47 @@ def test_retrieval_metrics_on_a_hand_computed_example() -> None:
     assert metrics["nDCG@10"] == pytest.approx((_ndcg10(q1, qrels["q1"]) + 0.0) / 2)
     assert metrics["Recall@100"] == pytest.approx((2 / 3 + 1.0) / 2)
     assert metrics["MRR@10"] == pytest.approx((1 / 2 + 0.0) / 2)
+
+
+def test_retrieval_metrics_recall_cutoff() -> None:
+    """`recall_at` sets Recall's cutoff and names the figure after it: a relevant document at
+    rank 11 counts for Recall@100, not for Recall@10; nDCG@10 and MRR@10 do not change."""
+    qrels = {"q1": {"d1": 1, "d11": 1}}
+    ranked = ["d1"] + [f"x{i}" for i in range(9)] + ["d11"]  # d11 at rank 11
+    run = {"q1": {d: 1.0 - r / 100 for r, d in enumerate(ranked)}}
+    at10, at100 = retrieval_metrics(run, qrels, recall_at=10), retrieval_metrics(run, qrels)
+    assert list(at10) == ["nDCG@10", "Recall@10", "MRR@10"]
+    assert list(at100) == list(RETRIEVAL_METRICS) == ["nDCG@10", "Recall@100", "MRR@10"]
+    assert at10["Recall@10"] == pytest.approx(0.5) and at100["Recall@100"] == pytest.approx(1.0)
+    assert at10["nDCG@10"] == at100["nDCG@10"] == pytest.approx(_ndcg10(ranked, qrels["q1"]))
+    assert at10["MRR@10"] == at100["MRR@10"] == pytest.approx(1.0)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="recall_at must be a positive"):
+            retrieval_metrics(run, qrels, recall_at=bad)
+
+
+def test_retrieval_metrics_count_a_query_missing_from_the_run_as_zero() -> None:
+    """nDCG@10, Recall@10 and MRR@10 match trec_eval's definitions on a worked example, and a
+    judged query missing from the run counts as zero (is not dropped from the average)."""
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    run = {"q1": {"d2": 0.9, "d1": 0.8}}
+    scores = retrieval_metrics(run, qrels, recall_at=10)
+    assert scores["MRR@10"] == pytest.approx(0.5 / 2)
+    assert scores["Recall@10"] == pytest.approx(1.0 / 2)
+    assert scores["nDCG@10"] == pytest.approx((1 / math.log2(3)) / 2)
+
+
+def test_score_retrieval_ranks_deep_enough_for_its_cutoff() -> None:
+    """`score_retrieval` keeps as many documents per query as Recall's cutoff needs: a relevant
+    document at rank 150 of 200 counts for Recall@200 (the default run holds 100)."""
+    rng = np.random.default_rng(11)
+    docs = rng.normal(size=(200, 8))
+    query = rng.normal(size=(1, 8))
+    order = np.argsort(-(docs / np.linalg.norm(docs, axis=1, keepdims=True)) @ query[0])
+    doc_ids = tuple(f"d{i}" for i in range(200))
+    data = RetrievalSet("x", doc_ids, doc_ids, ("q",), ("q",), {"q": {doc_ids[order[149]]: 1}})
+    assert score_retrieval(data, query, docs)["Recall@100"] == 0.0
+    assert score_retrieval(data, query, docs, recall_at=200)["Recall@200"] == pytest.approx(1.0)
 
 
 def test_retrieval_metrics_agree_with_ir_measures() -> None:

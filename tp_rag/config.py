@@ -101,6 +101,17 @@ class TPConfig:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
+    def pick(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The encoder settings among ``values`` (e.g. an adapter's fields), leaving out ``None``
+        (use the model's default) and the model itself (passed separately).
+
+        >>> TPConfig.pick({"tp": False, "tp_stop": None, "show_progress": True})
+        {'tp': False}
+        """
+        names = set(cls.field_names()) - {"model", "model_digest"}
+        return {k: v for k, v in values.items() if k in names and v is not None}
+
+    @classmethod
     def check_keys(cls, settings: dict[str, Any], source: str) -> None:
         """Raise ``TypeError`` naming any key of ``settings`` that is not a TPConfig field."""
         unknown = sorted(set(settings) - set(cls.field_names()))

@@ -14,6 +14,11 @@ STS formats (``read_sts``):
 Sentences have their whitespace collapsed (``" ".join(s.split())``), as SentEval's readers and
 batchers do.
 
+Retrieval sets (``RetrievalSet``) all go through one BEIR parser: ``read_beir`` reads a BEIR
+folder, ``read_beir_upload`` the same files uploaded loose or zipped (the demo), and
+``read_labelled_documents`` a ``docs/`` folder of files with BEIR queries and qrels (the demo's
+sample set). ``relevant_only`` keeps the queries with a positive label.
+
 >>> task = read_sts("../shared/data/sts/stsbenchmark/sts-test.csv")  # doctest: +SKIP
 >>> task.name, len(task)  # doctest: +SKIP
 ('sts-test', 1379)
@@ -22,9 +27,12 @@ batchers do.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +51,9 @@ SENTEVAL_STS_FILES: dict[str, tuple[str, ...]] = {
 _STSB_FILE = "sts-test.csv"
 _SICK_FILE = "SICK_test_annotated.txt"
 _SICK_COLUMNS = ("sentence_A", "sentence_B", "relatedness_score")
+
+MAX_UNZIPPED = 512 * 1024**2
+"""The most an uploaded zip may unpack to (``read_beir_upload``), in bytes."""
 
 
 @dataclass(frozen=True)
@@ -277,53 +288,220 @@ def read_beir(folder: str | Path, split: str = "test") -> RetrievalSet:
     (1400, 225)
     """
     folder = Path(folder)
+    corpus_path, queries_path, qrels_path = _beir_paths(folder, "corpus.jsonl", split)
+    return _labelled_set(
+        folder.name, _corpus(*_read(corpus_path)), _read(queries_path), _read(qrels_path)
+    )
+
+
+def read_labelled_documents(folder: str | Path, split: str = "test") -> RetrievalSet:
+    """Read a folder of documents labelled the BEIR way: ``docs/`` in place of ``corpus.jsonl``.
+
+    Each file of ``docs/`` that ``tp_rag.documents.read_document`` reads is one document, its id
+    the file name without the extension; ``queries.jsonl`` and ``qrels/<split>.tsv`` are BEIR's.
+
+    >>> data = read_labelled_documents("demo/sample")  # doctest: +SKIP
+    >>> len(data.documents), len(data.queries)  # doctest: +SKIP
+    (32, 13)
+    """
+    from tp_rag.documents import SUFFIXES, read_document
+
+    folder = Path(folder)
+    docs, queries_path, qrels_path = _beir_paths(folder, "docs", split)
+    corpus = {
+        path.stem: read_document(path)
+        for path in sorted(docs.iterdir())
+        if path.is_file() and path.suffix.lower() in SUFFIXES
+    }
+    return _labelled_set(folder.name, corpus, _read(queries_path), _read(qrels_path))
+
+
+def read_beir_upload(paths: Sequence[str | Path], split: str = "test") -> RetrievalSet:
+    """Read a BEIR split from uploaded files: a zip of a BEIR folder, the folder, or its files.
+
+    The files are found by name anywhere among the upload: ``corpus.jsonl``, ``queries.jsonl``
+    and ``qrels/<split>.tsv`` (else ``<split>.tsv``, else any ``.tsv``). A zip that would unpack
+    to more than ``MAX_UNZIPPED`` bytes is refused. Errors name the file as it was uploaded.
+
+    >>> data = read_beir_upload(["scifact.zip"])  # doctest: +SKIP
+    >>> data.name, len(data.queries)  # doctest: +SKIP
+    ('scifact', 300)
+    """
+    sources: dict[str, Callable[[], bytes]] = {}  # name in the upload -> its bytes
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    sources[child.relative_to(path).as_posix()] = child.read_bytes
+        elif path.suffix.lower() == ".zip":
+            sources.update(_zip_members(path))
+        else:
+            sources[path.name] = path.read_bytes
+
+    def find(description: str, *tests: Callable[[PurePosixPath], bool]) -> tuple[str, str]:
+        for test in tests:
+            names = sorted(
+                (n for n in sources if test(PurePosixPath(n))), key=lambda n: (n.count("/"), n)
+            )
+            if names:
+                return names[0], _decode(names[0], sources[names[0]]())
+        raise ValueError(
+            f"no {description} among the uploaded files ({', '.join(sorted(sources)) or 'none'})"
+            f"; a BEIR folder has corpus.jsonl, queries.jsonl and qrels/{split}.tsv"
+        )
+
+    corpus = find("corpus.jsonl", lambda p: p.name == "corpus.jsonl")
+    queries = find("queries.jsonl", lambda p: p.name == "queries.jsonl")
+    qrels = find(
+        "qrels .tsv file",
+        lambda p: p.match(f"qrels/{split}.tsv"),
+        lambda p: p.name == f"{split}.tsv",
+        lambda p: p.suffix == ".tsv",
+    )
+    name = Path(paths[0]).stem if len(paths) == 1 else "BEIR upload"
+    return _labelled_set(name, _corpus(*corpus), queries, qrels)
+
+
+def relevant_only(data: RetrievalSet) -> RetrievalSet:
+    """Only the positive labels (gain > 0) and the queries that have at least one.
+
+    BEIR keeps every judged query, so a query judged only non-relevant scores 0 on every metric
+    and pulls the average down; this drops such queries before they are embedded (the demo's
+    choice). Raises ``ValueError`` when no query is left.
+
+    >>> relevant_only(read_beir_upload(["mine.zip"])).qrels  # doctest: +SKIP
+    {'q1': {'d7': 2}}
+    """
+    positive = {
+        q: {d: gain for d, gain in docs.items() if gain > 0} for q, docs in data.qrels.items()
+    }
+    qrels = {q: docs for q, docs in positive.items() if docs}
+    if not qrels:
+        raise ValueError(f"{data.name}: no query has a positive relevance label")
+    kept = [(q, text) for q, text in zip(data.query_ids, data.queries, strict=True) if q in qrels]
+    return replace(
+        data,
+        query_ids=tuple(q for q, _ in kept),
+        queries=tuple(text for _, text in kept),
+        qrels={q: qrels[q] for q, _ in kept},
+    )
+
+
+def _beir_paths(folder: Path, corpus: str, split: str) -> tuple[Path, Path, Path]:
+    """``folder``'s ``corpus`` (a file or folder), ``queries.jsonl`` and ``qrels/<split>.tsv``,
+    which must exist."""
+    corpus_path, queries_path = folder / corpus, folder / "queries.jsonl"
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    for path in (folder / "corpus.jsonl", folder / "queries.jsonl"):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; is {folder} a BEIR folder?")
+    for path in (corpus_path, queries_path):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist; is {folder} a BEIR folder ({corpus}, queries.jsonl, "
+                f"qrels/{split}.tsv)?"
+            )
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(
             f"{qrels_path} does not exist; splits here: {', '.join(splits) or 'none'}"
         )
+    return corpus_path, queries_path, qrels_path
 
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate(_lines(qrels_path), start=1):
-        fields = line.split("\t")
-        if number == 1 and not fields[-1].strip().lstrip("-").isdigit():
-            continue  # header
-        if len(fields) < 3:
-            raise ValueError(f"{qrels_path}:{number}: expected query-id, corpus-id, score")
-        qrels.setdefault(fields[0], {})[fields[1]] = int(fields[2])
 
-    doc_ids, documents = [], []
-    for record in _jsonl(folder / "corpus.jsonl"):
-        doc_ids.append(str(record["_id"]))
-        documents.append((record.get("title", "") + " " + record.get("text", "")).strip())
-    all_queries = {str(r["_id"]): r.get("text", "") for r in _jsonl(folder / "queries.jsonl")}
-    unknown = sorted(set(qrels) - set(all_queries))
+def _zip_members(path: Path) -> dict[str, Callable[[], bytes]]:
+    """Each file of a zip by its name inside, read on demand; refuses a zip bomb."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [member for member in archive.infolist() if not member.is_dir()]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path.name}: not a valid zip file") from None
+    if sum(member.file_size for member in members) > MAX_UNZIPPED:
+        raise ValueError(f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**2} MB")
+    return {member.filename: partial(_unzip, path, member.filename) for member in members}
+
+
+def _unzip(path: Path, member: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(member)  # stops at the size the zip declares
+
+
+def _decode(name: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{name}: not UTF-8 text (byte {error.start})") from None
+
+
+def _read(path: Path) -> tuple[str, str]:
+    """A file's name for messages and its text."""
+    return str(path), _decode(str(path), path.read_bytes())
+
+
+def _labelled_set(
+    name: str, corpus: dict[str, str], queries: tuple[str, str], qrels: tuple[str, str]
+) -> RetrievalSet:
+    """The set of ``corpus`` (document id -> text) and the parsed ``(name, text)`` label files."""
+    if not corpus:
+        raise ValueError(f"{name}: the corpus is empty")
+    texts = {record["_id"]: str(record.get("text") or "") for record in _jsonl(*queries)}
+    judged = _qrels(*qrels)
+    unknown = sorted(set(judged) - set(texts))
     if unknown:
         raise ValueError(
-            f"{qrels_path} judges {len(unknown)} query id(s) missing from queries.jsonl, "
+            f"{qrels[0]} judges {len(unknown)} query id(s) missing from {queries[0]}, "
             f"e.g. {', '.join(unknown[:5])}"
         )
-    query_ids = tuple(q for q in all_queries if q in qrels)
+    query_ids = tuple(q for q in texts if q in judged)
     return RetrievalSet(
-        name=folder.name,
-        doc_ids=tuple(doc_ids),
-        documents=tuple(documents),
+        name=name,
+        doc_ids=tuple(corpus),
+        documents=tuple(corpus.values()),
         query_ids=query_ids,
-        queries=tuple(all_queries[q] for q in query_ids),
-        qrels=qrels,
+        queries=tuple(texts[q] for q in query_ids),
+        qrels=judged,
     )
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _corpus(name: str, text: str) -> dict[str, str]:
+    """Document id -> ``title + " " + text``, stripped, from a ``corpus.jsonl``."""
+    return {
+        record["_id"]: (
+            str(record.get("title") or "") + " " + str(record.get("text") or "")
+        ).strip()
+        for record in _jsonl(name, text)
+    }
+
+
+def _qrels(name: str, text: str) -> dict[str, dict[str, int]]:
+    """Query id -> document id -> gain, from a qrels file (tab-separated; a header is skipped)."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if not fields:
+            continue
+        if number == 1 and not fields[-1].strip().lstrip("-").isdigit():
+            continue  # header
+        try:
+            query_id, doc_id, gain = fields[0], fields[1], int(fields[2])
+        except (IndexError, ValueError):
+            raise ValueError(
+                f"{name}:{number}: expected query-id, corpus-id, score (an integer), found "
+                f"{line[:80]!r}"
+            ) from None
+        qrels.setdefault(query_id, {})[doc_id] = gain
+    return qrels
+
+
+def _jsonl(name: str, text: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; each must be an object with an ``_id`` (made a str)."""
     records = []
-    for number, line in enumerate(_lines(path), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON: {error}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{name}:{number}: not valid JSON: {error}") from None
+        if not isinstance(record, dict) or "_id" not in record:
+            raise ValueError(f"{name}:{number}: a record has no '_id' field ({line[:80]})")
+        records.append({**record, "_id": str(record["_id"])})
     return records

@@ -9,8 +9,9 @@ dedicated embedding model as a further column. Every column goes through the sam
   SentEval's ``all`` Spearman as reported by SimCSE, PromptEOL and the Token Prepending paper
   (not SentEval's ``mean``/``wmean`` of the per-file figures); each file is listed as well.
 - Retrieval: exact cosine search over a BEIR collection (documents are ``title + " " + text``),
-  scored by ``pytrec_eval`` (trec_eval): nDCG@10 (``ndcg_cut.10``), Recall@100 (``recall.100``)
-  and MRR@10 (``recip_rank`` over each query's top 10), averaged over the judged queries.
+  scored by ``pytrec_eval`` (trec_eval): nDCG@10 (``ndcg_cut.10``), Recall@100 (``recall.100``;
+  ``recall_at`` sets the cutoff, the demo's small sets use 10) and MRR@10 (``recip_rank`` over
+  each query's top 10), averaged over the judged queries.
 
 >>> from tp_rag.datasets import read_sts
 >>> report = evaluate_sts(tp_systems(enc), [read_sts("sts-test.csv")])  # doctest: +SKIP
@@ -43,7 +44,7 @@ RETRIEVAL_METRICS: tuple[str, ...] = ("nDCG@10", "Recall@100", "MRR@10")
 """The retrieval figures, in table order."""
 
 BASELINE_PREFIX = "sentence-transformers:"
-RETRIEVAL_DEPTH = 100  # documents kept per query: enough for Recall@100
+RETRIEVAL_DEPTH = 100  # documents kept per query: enough for Recall@100 (more for a deeper cutoff)
 
 
 @dataclass
@@ -156,36 +157,47 @@ def rank_documents(
 
 
 def retrieval_metrics(
-    run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
+    run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], recall_at: int = 100
 ) -> dict[str, float]:
-    """nDCG@10, Recall@100 and MRR@10 by ``pytrec_eval``, averaged over the judged queries."""
+    """nDCG@10, Recall@``recall_at`` and MRR@10 by ``pytrec_eval``, averaged over the queries of
+    ``qrels`` (one missing from ``run`` scores 0, as ``trec_eval -c`` counts it).
+
+    >>> retrieval_metrics({"q": {"d2": 0.9, "d1": 0.8}}, {"q": {"d1": 1}}, recall_at=10)
+    {'nDCG@10': 0.6309297535714575, 'Recall@10': 1.0, 'MRR@10': 0.5}
+    """
+    if isinstance(recall_at, bool) or not isinstance(recall_at, int) or recall_at < 1:
+        raise ValueError(f"recall_at must be a positive number of documents, not {recall_at!r}")
     try:
         import pytrec_eval
     except ImportError:
         raise ImportError(
             "retrieval metrics need pytrec_eval: pip install 'tp-rag[eval]'"
         ) from None
-    judged = {q: docs for q, docs in qrels.items() if q in run}
-    per_query = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(
-        {q: run[q] for q in judged}
-    )
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", f"recall.{recall_at}"})
+    per_query = per_query.evaluate(run)
     # trec_eval's recip_rank has no cutoff: rank each query's top 10 only to get MRR@10.
-    top10 = {q: dict(sorted(run[q].items(), key=lambda item: -item[1])[:10]) for q in judged}
-    reciprocal = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
-    count = max(len(judged), 1)
+    top10 = {
+        q: dict(sorted(docs.items(), key=lambda item: -item[1])[:10]) for q, docs in run.items()
+    }
+    reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+
+    def mean(results: dict[str, dict[str, float]], measure: str) -> float:
+        return sum(results.get(q, {}).get(measure, 0.0) for q in qrels) / max(len(qrels), 1)
+
     return {
-        "nDCG@10": sum(v["ndcg_cut_10"] for v in per_query.values()) / count,
-        "Recall@100": sum(v["recall_100"] for v in per_query.values()) / count,
-        "MRR@10": sum(v["recip_rank"] for v in reciprocal.values()) / count,
+        "nDCG@10": mean(per_query, "ndcg_cut_10"),
+        f"Recall@{recall_at}": mean(per_query, f"recall_{recall_at}"),
+        "MRR@10": mean(reciprocal, "recip_rank"),
     }
 
 
 def score_retrieval(
-    data: RetrievalSet, query_vectors: np.ndarray, doc_vectors: np.ndarray
+    data: RetrievalSet, query_vectors: np.ndarray, doc_vectors: np.ndarray, recall_at: int = 100
 ) -> dict[str, float]:
-    """The retrieval figures of one column's query and document vectors."""
-    run = rank_documents(query_vectors, doc_vectors, data.query_ids, data.doc_ids)
-    return retrieval_metrics(run, data.qrels)
+    """The retrieval figures (``retrieval_metrics``) of one column's query and document vectors."""
+    depth = max(RETRIEVAL_DEPTH, recall_at)
+    run = rank_documents(query_vectors, doc_vectors, data.query_ids, data.doc_ids, depth)
+    return retrieval_metrics(run, data.qrels, recall_at)
 
 
 # ---- running the columns ----------------------------------------------------------------------

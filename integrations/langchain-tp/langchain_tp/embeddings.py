@@ -81,12 +81,7 @@ class TPEmbeddings(BaseModel, Embeddings):
         super().__init__(**kwargs)
         if self.query_prompt is not None:
             resolve_prompt(self.query_prompt)  # a bad template fails before any loading
-        fields = type(self).model_fields
-        settings = {
-            name: getattr(self, name)
-            for name in TPConfig.field_names()
-            if name in fields and getattr(self, name) is not None
-        }
+        settings = TPConfig.pick(dict(self))
         self._encoder = TPEncoder.from_pretrained(self.model_name, **self.model_kwargs, **settings)
 
     @property
