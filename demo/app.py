@@ -47,7 +47,7 @@ SAMPLE_CHOICE = "Bundled sample set (32 documents, 13 queries)"
 UPLOAD_CHOICE = "Uploaded BEIR folder or zip"
 RECALL_AT = 10  # the demo's sets are small: Recall@10 beside nDCG@10 and MRR@10
 _COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
-_WIDTHS = ["8%", "14%", "14%", "22%", "42%"]
+_WIDTHS = ["10%", "18%", "14%", "24%", "34%"]
 
 
 # --- evaluation ------------------------------------------------------------------------------
