@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
+from synthetic import WORDS, write_beir, write_stsb
 
 from tp_rag import TPEncoder
 from tp_rag.cli import main
@@ -37,24 +38,6 @@ from tp_rag.evaluation import (
     text_index,
     tp_systems,
 )
-
-WORDS = [
-    *("man", "woman", "dog", "cat", "plays", "guitar", "piano", "runs"),
-    *("park", "kitchen", "cooks", "food", "red", "blue", "sings"),
-]
-
-
-def write_stsb(path: Path, pairs: int = 24, seed: int = 0) -> Path:
-    """A synthetic STS Benchmark file whose gold score follows word overlap."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(pairs):
-        a = rng.choice(WORDS, size=5, replace=False)
-        b = np.concatenate([a[: i % 6], rng.choice(WORDS, size=5 - i % 6)])
-        lines.append(f"g\tf\t2012\t{i:04d}\t{i % 6:.1f}\tA {' '.join(a)}.\tA {' '.join(b)}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def write_senteval_task(folder: Path, names: Sequence[str], seed: int) -> None:
@@ -87,17 +70,6 @@ def write_paper_root(root: Path, *, only: Sequence[str] = PAPER_TASKS) -> Path:
         ]
         sick.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root
-
-
-def write_beir(folder: Path) -> Path:
-    corpus = [{"_id": f"d{i}", "title": WORDS[i], "text": f"about {WORDS[i]}"} for i in range(12)]
-    queries = [{"_id": f"q{i}", "text": f"{WORDS[i]} question"} for i in range(5)]
-    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t{1 + i % 2}" for i in range(5)]
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
-    return folder
 
 
 class TableEmbed:

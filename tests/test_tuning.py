@@ -7,41 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import write_beir, write_stsb
 
 from tp_rag import TPEncoder
 from tp_rag.cli import main
 from tp_rag.datasets import read_beir, read_sts
 from tp_rag.evaluation import score_retrieval, sts_spearman, text_index
 from tp_rag.tuning import default_tp_stops, parse_candidates, tune, write_preset
-
-WORDS = [
-    *("man", "woman", "dog", "cat", "plays", "guitar", "piano", "runs"),
-    *("park", "kitchen", "cooks", "food", "red", "blue", "sings"),
-]
-
-
-def write_stsb(path: Path, pairs: int = 30, seed: int = 1) -> Path:
-    """A synthetic STS Benchmark file whose gold score follows word overlap."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(pairs):
-        a = rng.choice(WORDS, size=5, replace=False)
-        b = np.concatenate([a[: i % 6], rng.choice(WORDS, size=5 - i % 6)])
-        lines.append(f"g\tf\t2012\t{i:04d}\t{i % 6:.1f}\tA {' '.join(a)}.\tA {' '.join(b)}.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def write_beir(folder: Path) -> Path:
-    corpus = [{"_id": f"d{i}", "title": WORDS[i], "text": f"about {WORDS[i]}"} for i in range(12)]
-    queries = [{"_id": f"q{i}", "text": f"{WORDS[i]} question"} for i in range(6)]
-    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(6)]
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
-    (folder / "qrels" / "dev.tsv").write_text("\n".join(qrels) + "\n")
-    return folder
-
 
 SETTINGS = {"device": "cpu", "dtype": "float32", "batch_size": 128}
 
@@ -54,7 +26,7 @@ def encoder(tiny_llama: Path) -> TPEncoder:
 
 @pytest.fixture
 def sts_file(tmp_path: Path) -> Path:
-    return write_stsb(tmp_path / "sts-dev.csv")
+    return write_stsb(tmp_path / "sts-dev.csv", pairs=30, seed=1)
 
 
 def test_grid_is_complete_and_best_is_its_maximum(encoder: TPEncoder, sts_file: Path) -> None:
@@ -108,7 +80,7 @@ def test_one_forward_pass_per_tp_stop(encoder: TPEncoder, sts_file: Path) -> Non
 
 def test_retrieval_grid_uses_the_eval_metric(encoder: TPEncoder, tmp_path: Path) -> None:
     """On a BEIR split each cell is the chosen retrieval metric, as `eval retrieval` computes it."""
-    data = read_beir(write_beir(tmp_path / "beir"), "dev")
+    data = read_beir(write_beir(tmp_path / "beir", queries=6, split="dev", gain=lambda i: 1), "dev")
     result = tune(encoder, data, tp_stops=[2, 3], layers=[2, 4], metric="MRR@10")
     assert result.metric == "MRR@10" and result.grid.shape == (2, 2)
     assert result.best[2] == result.grid.max()
@@ -121,7 +93,12 @@ def test_retrieval_grid_uses_the_eval_metric(encoder: TPEncoder, tmp_path: Path)
 
 def test_preset_round_trip(encoder: TPEncoder, tiny_llama: Path, tmp_path: Path) -> None:
     """The written preset loads with from_pretrained(preset=...) and gives the best cell."""
-    result = tune(encoder, read_sts(write_stsb(tmp_path / "d.csv")), tp_stops=[2, 3], layers=[1, 3])
+    result = tune(
+        encoder,
+        read_sts(write_stsb(tmp_path / "d.csv", pairs=30, seed=1)),
+        tp_stops=[2, 3],
+        layers=[1, 3],
+    )
     path = tmp_path / "preset.json"
     write_preset(path, encoder, result, tuned_on="d.csv")
     tp_stop, layer, _ = result.best
@@ -135,7 +112,7 @@ def test_cli_tune_then_eval_with_the_preset(
 ) -> None:
     """`tp-rag tune` prints the grid and writes a preset; `eval sts --preset` on the same data
     then reports TP on equal to the tuned best score, and `embed --preset` accepts it."""
-    data = write_stsb(tmp_path / "sts-dev.csv")
+    data = write_stsb(tmp_path / "sts-dev.csv", pairs=30, seed=1)
     preset = tmp_path / "tuned.json"
     model = ["--model", str(tiny_llama), "--device", "cpu", "--dtype", "float32"]
     args = ["tune", "--data", str(data), "--tp-stops", "2-4", "--layers", "1-4"]
@@ -159,7 +136,7 @@ def test_cli_tune_refuses_single_layer_options(
     tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--tp-stop/--output-layer make no sense for a search: exit 2 pointing to --tp-stops."""
-    data = write_stsb(tmp_path / "d.csv")
+    data = write_stsb(tmp_path / "d.csv", pairs=30, seed=1)
     args = ["tune", "--data", str(data), "--model", str(tiny_llama), "--tp-stop", "3"]
     assert main([*args, "--output", str(tmp_path / "p.json")]) == 2
     assert "--tp-stops" in capsys.readouterr().err
