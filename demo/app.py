@@ -358,24 +358,20 @@ def build_app(demo: Demo) -> gr.Blocks:
                     "= the same; *only TP on* / *only TP off*: not in the other side's list."
                 )
                 with gr.Row():
-                    with gr.Column():
-                        gr.Markdown("### TP on")
-                        on_table = gr.Dataframe(
-                            headers=_COLUMNS,
-                            interactive=False,
-                            wrap=True,
-                            column_widths=_WIDTHS,
-                            elem_id="tp-on",
-                        )
-                    with gr.Column():
-                        gr.Markdown("### TP off")
-                        off_table = gr.Dataframe(
-                            headers=_COLUMNS,
-                            interactive=False,
-                            wrap=True,
-                            column_widths=_WIDTHS,
-                            elem_id="tp-off",
-                        )
+                    tables = []
+                    for side, elem_id in (("TP on", "tp-on"), ("TP off", "tp-off")):
+                        with gr.Column():
+                            gr.Markdown(f"### {side}")
+                            tables.append(
+                                gr.Dataframe(
+                                    headers=_COLUMNS,
+                                    interactive=False,
+                                    wrap=True,
+                                    column_widths=_WIDTHS,
+                                    elem_id=elem_id,
+                                )
+                            )
+                    on_table, off_table = tables
             with gr.Tab("Evaluate", id="evaluate"):
                 choice = gr.Radio(
                     [SAMPLE_CHOICE, UPLOAD_CHOICE], value=SAMPLE_CHOICE, label="Labelled queries"

@@ -25,6 +25,23 @@ _METHOD_VERSION = "tp-rag/1"
 _RUNTIME_FIELDS = frozenset({"batch_size", "device", "dtype", "model"})
 
 
+def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
+    """Check a Hugging Face ``hidden_states`` index against a model's depth; make it >= 0.
+
+    >>> hidden_states_index(-1, 24)
+    24
+    """
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"{name}={layer!r} must be an integer hidden_states index")
+    if not -(num_layers + 1) <= layer <= num_layers:
+        raise ValueError(
+            f"{name}={layer} is out of range: this model has {num_layers} decoder layers, so "
+            f"{name} must be in [{-(num_layers + 1)}, {num_layers}] "
+            "(Hugging Face hidden_states indexing: 0 = embeddings, -1 = last)"
+        )
+    return layer % (num_layers + 1)
+
+
 @dataclass(frozen=True)
 class TPConfig:
     """Every setting of a Token Prepending encoder.
@@ -148,13 +165,9 @@ class TPConfig:
                 f"tp_stop={self.tp_stop} is out of range: this model has {num_layers} decoder "
                 f"layers, so 1 <= tp_stop <= {num_layers}"
             )
-        if not -(num_layers + 1) <= self.output_layer <= num_layers:
-            raise ValueError(
-                f"output_layer={self.output_layer} is out of range: this model has {num_layers} "
-                f"decoder layers, so output_layer must be in [{-(num_layers + 1)}, {num_layers}] "
-                "(Hugging Face hidden_states indexing: 0 = embeddings, -1 = last)"
-            )
-        return self.replace(output_layer=self.output_layer % (num_layers + 1))
+        return self.replace(
+            output_layer=hidden_states_index(self.output_layer, num_layers, "output_layer")
+        )
 
     def space(self) -> dict[str, Any]:
         """The settings that define the embedding space (what ``fingerprint`` hashes)."""

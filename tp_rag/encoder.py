@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tp_rag import DEFAULT_MODEL, loading
-from tp_rag.config import TPConfig
+from tp_rag.config import TPConfig, hidden_states_index
 from tp_rag.presets import default_settings, num_decoder_layers, read_preset_file
 from tp_rag.prompts import PLACEHOLDER, clean_sentence, render, resolve_prompt
 from tp_rag.tp import BatchState, ReadoutReached, tp_hooks
@@ -54,6 +54,7 @@ class TPEncoder:
         """The loading options given to ``from_pretrained`` (``revision``,
         ``trust_remote_code``, ``model_kwargs``), so the same model can be loaded again."""
         self._num_layers = len(loaded.layers)
+        self._fitting_templates: set[tuple[str, ...]] = set()  # checked against max_length
         self._check_max_length(config.templates)
 
     @classmethod
@@ -222,11 +223,10 @@ class TPEncoder:
         """
         single = isinstance(texts, str)
         items = _check_texts(texts)
-        readout = {layer: self._layer_index(layer) for layer in layers}
+        readout = {layer: hidden_states_index(layer, self._num_layers) for layer in layers}
         use_tp = self.config.tp if tp is None else bool(tp)
         templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
-        if prompt is not None:
-            self._check_max_length(templates)
+        self._check_max_length(templates)
         if not items:
             empty = np.zeros((0, self.dimension), dtype=np.float32)
             return {layer: empty for layer in layers}
@@ -268,17 +268,9 @@ class TPEncoder:
             result[layer] = vectors[0] if single else vectors
         return result
 
-    def _layer_index(self, layer: int) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer {layer!r} must be an integer hidden_states index")
-        if not -(self._num_layers + 1) <= layer <= self._num_layers:
-            raise ValueError(
-                f"layer {layer} is out of range: this model has {self._num_layers} decoder "
-                f"layers, so layers must be in [{-(self._num_layers + 1)}, {self._num_layers}]"
-            )
-        return layer % (self._num_layers + 1)
-
-    def _check_max_length(self, templates: Sequence[str]) -> None:
+    def _check_max_length(self, templates: tuple[str, ...]) -> None:
+        if templates in self._fitting_templates:
+            return
         for template in templates:
             for tp in (True, False):
                 length = len(self._tokenize("", template, tp=tp, truncate=False).input_ids)
@@ -288,6 +280,7 @@ class TPEncoder:
                         f"prompt template alone is {length} tokens; use max_length >= "
                         f"{length + 16}"
                     )
+        self._fitting_templates.add(templates)
 
     def _tokenize(self, text: str, template: str, *, tp: bool, truncate: bool = True) -> _Features:
         """Tokenize the whole prompt (so ids equal the tokenizer's own), then cut only text."""
