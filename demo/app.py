@@ -24,18 +24,16 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from tp_rag.datasets import (
-    RetrievalSet,
     read_beir_upload,
     read_labelled_documents,
     relevant_only,
 )
 from tp_rag.documents import SUFFIXES
 from tp_rag.encoder import TPEncoder
-from tp_rag.evaluation import score_retrieval
+from tp_rag.evaluation import evaluate_retrieval, tp_systems
 from tp_rag.ingest import IngestSummary, ingest
 from tp_rag.store import Hit, TPStore, describe_change, rank_change
 
@@ -48,54 +46,6 @@ UPLOAD_CHOICE = "Uploaded BEIR folder or zip"
 RECALL_AT = 10  # the demo's sets are small: Recall@10 beside nDCG@10 and MRR@10
 _COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
 _WIDTHS = ["10%", "18%", "14%", "24%", "34%"]
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-def _encode(
-    encoder: TPEncoder,
-    texts: Sequence[str],
-    *,
-    tp: bool,
-    report: Callable[[int, str], None],
-    what: str,
-) -> np.ndarray:
-    """Encode in batches, reporting progress after each."""
-    step = encoder.config.batch_size
-    parts = [np.zeros((0, encoder.dimension), np.float32)]
-    for begin in range(0, len(texts), step):
-        parts.append(encoder.encode(list(texts[begin : begin + step]), tp=tp, show_progress=False))
-        report(min(begin + step, len(texts)), f"{what}, TP {'on' if tp else 'off'}")
-    return np.concatenate(parts)
-
-
-def evaluate(
-    encoder: TPEncoder,
-    data: RetrievalSet,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Exact (brute-force) retrieval of ``data.queries`` over its documents, TP on and off,
-    scored like ``tp-rag eval retrieval`` but with Recall@10.
-
-    Returns ``{"TP on": {"nDCG@10": ..., "Recall@10": ..., "MRR@10": ...}, "TP off": {...}}``.
-    """
-    total = 2 * (len(data.documents) + len(data.queries))
-    done = 0
-
-    def report(count: int, what: str) -> None:
-        if progress is not None:
-            progress(done + count, total, what)
-
-    results = {}
-    for tp in (True, False):
-        docs = _encode(encoder, data.documents, tp=tp, report=report, what="documents")
-        done += len(data.documents)
-        queries = _encode(encoder, data.queries, tp=tp, report=report, what="queries")
-        done += len(data.queries)
-        side = "TP on" if tp else "TP off"
-        results[side] = score_retrieval(data, queries, docs, recall_at=RECALL_AT)
-    return results
 
 
 # --- the handlers ----------------------------------------------------------------------------
@@ -122,11 +72,6 @@ class _IngestBar:
         self._progress((self._written, self._queued), desc="embedding chunks, TP on and off")
 
 
-def _snippet(text: str, width: int = 240) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 def _hits_frame(hits: list[Hit], other: list[Hit], side: str) -> pd.DataFrame:
     rows = [
         [
@@ -134,7 +79,7 @@ def _hits_frame(hits: list[Hit], other: list[Hit], side: str) -> pd.DataFrame:
             round(hit.similarity, 4),
             describe_change(rank_change(hit, other), side),
             f"{hit.source} #{hit.chunk_index}",
-            _snippet(hit.text),
+            hit.snippet(240),
         ]
         for hit in hits
     ]
@@ -232,10 +177,15 @@ class Demo:
         started = time.perf_counter()
 
         def report(done: int, total: int, what: str) -> None:
-            if progress is not None:
-                progress((done, total), desc=f"embedding {what}")
+            progress((done, total), desc=f"embedding {what}")
 
-        scores = evaluate(self.encoder, data, report)
+        result = evaluate_retrieval(
+            tp_systems(self.encoder),
+            data,
+            recall_at=RECALL_AT,
+            progress=report if progress is not None else None,
+        )
+        scores = result["metrics"]
         metrics = list(scores["TP on"])
         table = pd.DataFrame(
             [

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tp_rag import TPEncoder
-from tp_rag.ingest import load_demo_module
+from tp_rag.cli.demo import load_demo_module
 from tp_rag.store import connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -175,9 +175,7 @@ def test_rebuild_with_other_weights_is_refused(ef: TPEmbeddingFunction) -> None:
 
 def test_unstorable_model_kwargs_are_reported(tiny_llama: Path, tmp_path: Path) -> None:
     """Values Chroma cannot store as JSON fail in ``get_config`` with the fix in the message."""
-    ef = TPEmbeddingFunction(
-        str(tiny_llama), model_kwargs={"model_kwargs": {"cache_dir": tmp_path}}
-    )
+    ef = TPEmbeddingFunction(str(tiny_llama), model_kwargs={"cache_dir": tmp_path})
     with pytest.raises(ValueError, match="JSON values"):
         ef.get_config()
 
@@ -254,6 +252,26 @@ def test_from_encoder_keeps_how_the_model_was_loaded(tiny_llama: Path) -> None:
     """A function wrapping an encoder stores its revision/trust_remote_code for the rebuild."""
     encoder = TPEncoder.from_pretrained(tiny_llama, revision="main")
     config = TPEmbeddingFunction.from_encoder(encoder).get_config()
-    assert config["model_kwargs"] == {"revision": "main", "trust_remote_code": False}
+    assert (config["revision"], config["trust_remote_code"]) == ("main", False)
+    assert "model_kwargs" not in config  # nothing was passed to AutoModel
     rebuilt = TPEmbeddingFunction.build_from_config(config)
     assert rebuilt.encoder.load_kwargs["revision"] == "main"
+
+
+def test_configs_stored_by_tp_rag_0_1_still_rebuild(tiny_llama: Path) -> None:
+    """tp-rag 0.1 stored the loading options nested in ``model_kwargs``; such a collection
+    still opens, with the same loading options and the same vectors."""
+    encoder = TPEncoder.from_pretrained(tiny_llama, revision="main")
+    current = TPEmbeddingFunction.from_encoder(encoder).get_config()
+    old = {k: v for k, v in current.items() if k not in ("revision", "trust_remote_code")}
+    old["model_kwargs"] = {"revision": "main", "trust_remote_code": False}
+    rebuilt = TPEmbeddingFunction.build_from_config(old)
+    assert rebuilt.encoder.load_kwargs["revision"] == "main"
+    assert rebuilt.encoder.load_kwargs["model_kwargs"] == {}
+    assert rebuilt.fingerprint() == current["fingerprint"]
+
+
+def test_loading_options_inside_model_kwargs_are_refused(tiny_llama: Path) -> None:
+    """``model_kwargs`` is for ``AutoModel`` only: a loading option inside it is named."""
+    with pytest.raises(TypeError, match=r"trust_remote_code.*pass them directly"):
+        TPEmbeddingFunction(str(tiny_llama), model_kwargs={"trust_remote_code": False})

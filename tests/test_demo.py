@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tp_rag import TPEncoder
+from tp_rag.cli.demo import demo_directory, load_demo_module
 from tp_rag.datasets import read_labelled_documents, relevant_only
-from tp_rag.ingest import demo_directory, load_demo_module
 from tp_rag.store import connect, describe_change
 
 COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]

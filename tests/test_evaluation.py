@@ -26,17 +26,14 @@ from tp_rag.datasets import (
     read_beir,
     read_sts,
 )
-from tp_rag.evaluation import (
+from tp_rag.evaluation import System, evaluate_sts, paper_summary, tp_systems
+from tp_rag.metrics import (
     RETRIEVAL_METRICS,
-    System,
-    evaluate_sts,
-    paper_summary,
     rank_documents,
     retrieval_metrics,
     score_retrieval,
     sts_spearman,
     text_index,
-    tp_systems,
 )
 
 

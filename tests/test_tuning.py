@@ -12,7 +12,7 @@ from synthetic import write_beir, write_stsb
 from tp_rag import TPEncoder
 from tp_rag.cli import main
 from tp_rag.datasets import read_beir, read_sts
-from tp_rag.evaluation import score_retrieval, sts_spearman, text_index
+from tp_rag.metrics import score_retrieval, sts_spearman, text_index
 from tp_rag.tuning import default_tp_stops, parse_candidates, tune, write_preset
 
 SETTINGS = {"device": "cpu", "dtype": "float32", "batch_size": 128}

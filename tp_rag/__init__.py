@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.config import TPConfig
+from tp_rag.config import DEFAULT_MODEL, TPConfig
 from tp_rag.prompts import BUILTIN_PROMPTS, PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_PROMPTS", "DEFAULT_MODEL", "PLACEHOLDER", "TPConfig", "TPEncoder"]
 __version__ = "0.1.0"
-
-DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-"""The model used when none is given: small, ungated, runs on a laptop CPU."""
 
 
 def __getattr__(name: str) -> Any:

@@ -31,8 +31,12 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
         'tp_rag.chroma needs chromadb, which is not installed: pip install "tp-rag[chroma]"'
     ) from error
 
+from tp_rag.adapters import load_encoder
 from tp_rag.encoder import TPEncoder
 from tp_rag.prompts import resolve_prompt
+
+_STORED_LOADING = ("revision", "trust_remote_code", "model_kwargs")
+"""Loading options stored with a collection (a preset's settings are stored as settings)."""
 
 # Chroma rebuilds the function from its stored config every time it reads a collection's
 # configuration (on every add and query of a reopened collection). The core's model cache holds
@@ -46,11 +50,12 @@ _rebuilt_lock = threading.Lock()
 class TPEmbeddingFunction(EmbeddingFunction[Documents]):
     """Chroma embedding function: Token Prepending sentence embeddings from a decoder-only LLM.
 
-    ``model`` is a hub name or a local directory (default: ``tp_rag.DEFAULT_MODEL``);
-    ``settings`` are ``TPConfig`` fields (``prompt``, ``tp_start``, ``output_layer``, ...);
-    ``query_prompt`` is an optional template for queries (``embed_query``), which otherwise use
-    the document prompt; ``model_kwargs`` go to ``TPEncoder.from_pretrained`` (``revision``,
-    ``trust_remote_code``, ``model_kwargs`` for ``AutoModel``).
+    The arguments are those of every tp-rag adapter (``tp_rag.adapters``): ``model`` is a hub
+    name or a local directory (default: ``tp_rag.DEFAULT_MODEL``); ``settings`` are
+    ``TPConfig`` fields (``prompt``, ``tp_start``, ``output_layer``, ...); ``query_prompt`` is
+    an optional template for queries (``embed_query``), which otherwise use the document
+    prompt; ``preset``, ``revision``, ``trust_remote_code`` and ``model_kwargs`` (for
+    ``AutoModel``) are ``TPEncoder.from_pretrained``'s loading options.
 
     >>> ef = TPEmbeddingFunction("/models/Qwen2.5-0.5B-Instruct", tp=True)  # doctest: +SKIP
     >>> len(ef(["A man is playing a guitar."])[0])  # doctest: +SKIP
@@ -63,15 +68,24 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         *,
         tp: bool = True,
         query_prompt: str | None = None,
+        preset: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         """Load (or reuse) the model; see the class docstring for the arguments."""
-        if query_prompt is not None:
-            resolve_prompt(query_prompt)  # fail before loading a model
-        model_kwargs = dict(model_kwargs or {})
-        encoder = TPEncoder.from_pretrained(model, **model_kwargs, **settings, tp=tp)
-        self._setup(encoder, tp=tp, query_prompt=query_prompt, model_kwargs=model_kwargs)
+        encoder = load_encoder(
+            model,
+            query_prompt=query_prompt,
+            preset=preset,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            model_kwargs=model_kwargs,
+            **settings,
+            tp=tp,
+        )
+        self._setup(encoder, tp=tp, query_prompt=query_prompt)
 
     @classmethod
     def from_encoder(
@@ -91,9 +105,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             encoder,
             tp=encoder.config.tp if tp is None else bool(tp),
             query_prompt=query_prompt,
-            # How the encoder was loaded (revision, trust_remote_code, ...), so a rebuilt
-            # function loads the same weights.
-            model_kwargs={k: v for k, v in encoder.load_kwargs.items() if v not in (None, {})},
         )
         return function
 
@@ -103,12 +114,10 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         *,
         tp: bool,
         query_prompt: str | None,
-        model_kwargs: dict[str, Any],
     ) -> None:
         self._encoder = encoder
         self._tp = tp
         self._query_prompt = query_prompt
-        self._model_kwargs = model_kwargs
 
     @property
     def encoder(self) -> TPEncoder:
@@ -153,21 +162,27 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         model = settings.pop("model")
         if Path(model).is_dir():  # a relative path would break when reopened from elsewhere
             model = str(Path(model).resolve())
-        # The preset file's settings are already in `settings`; do not depend on the file.
-        model_kwargs = {k: v for k, v in self._model_kwargs.items() if k != "preset"}
+        # How the encoder was loaded, so a rebuild loads the same weights. A preset file's
+        # settings are already in `settings`: the file is not needed again.
+        loading = {
+            key: value
+            for key, value in self._encoder.load_kwargs.items()
+            if key in _STORED_LOADING and value not in (None, {})
+        }
         config = {
             "model": model,
             **settings,
             "tp": self._tp,
             "query_prompt": self._query_prompt,
-            "model_kwargs": model_kwargs,
+            **loading,
             "fingerprint": self.fingerprint(),
         }
         try:
             json.dumps(config)
         except TypeError as error:
             raise ValueError(
-                f"model_kwargs={model_kwargs!r} cannot be stored with a Chroma collection "
+                f"model_kwargs={loading.get('model_kwargs')!r} cannot be stored with a Chroma "
+                "collection "
                 f"({error}); pass only JSON values (strings, numbers, booleans, lists, dicts), "
                 "e.g. a path as a string"
             ) from None
@@ -183,6 +198,11 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
                 return _rebuilt[key]
         settings = dict(config)
         expected = settings.pop("fingerprint", None)
+        nested = dict(settings.get("model_kwargs") or {})
+        if set(nested) & set(_STORED_LOADING):
+            # tp-rag 0.1 stored the loading options inside model_kwargs: lift them out.
+            settings.update({k: v for k, v in nested.items() if k != "model_kwargs"})
+            settings["model_kwargs"] = nested.get("model_kwargs") or {}
         function = TPEmbeddingFunction(**settings)
         if expected is not None and function.fingerprint() != expected:
             raise ValueError(

@@ -18,11 +18,15 @@ POOLINGS: tuple[str, ...] = get_args(Pooling)
 DTYPES: tuple[str, ...] = get_args(DType)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+"""The model used when none is given: small, ungated, runs on a laptop CPU."""
+
 # Bumped whenever the way vectors are computed changes, so old fingerprints stop matching.
 _METHOD_VERSION = "tp-rag/1"
 
-# Settings that change how fast vectors come out, or their rounding, not the embedding space.
-_RUNTIME_FIELDS = frozenset({"batch_size", "device", "dtype", "model"})
+RUNTIME_FIELDS: frozenset[str] = frozenset({"batch_size", "device", "dtype", "model"})
+"""Settings that change how fast vectors come out, or their rounding, not the embedding space
+(``model`` is a name; the weights themselves are in the space, as ``model_digest``)."""
 
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
@@ -118,6 +122,28 @@ class TPConfig:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
+    def space_fields(cls) -> tuple[str, ...]:
+        """Names of the settings that define the embedding space: what ``fingerprint`` covers,
+        what a store compares, what a reopened store reuses.
+
+        >>> "batch_size" in TPConfig.space_fields(), "output_layer" in TPConfig.space_fields()
+        (False, True)
+        """
+        return tuple(name for name in cls.field_names() if name not in RUNTIME_FIELDS)
+
+    @classmethod
+    def reusable_settings(cls, recorded: dict[str, Any]) -> dict[str, Any]:
+        """From a recorded ``to_dict()``, the settings that rebuild that embedding space over the
+        same model: the space fields except ``model_digest`` (it comes from the loaded weights)
+        and ``tp`` (chosen per call).
+
+        >>> TPConfig.reusable_settings({"tp_stop": 5, "tp": False, "batch_size": 8})
+        {'tp_stop': 5}
+        """
+        names = set(cls.space_fields()) - {"model_digest", "tp"}
+        return {key: value for key, value in recorded.items() if key in names}
+
+    @classmethod
     def pick(cls, values: dict[str, Any]) -> dict[str, Any]:
         """The encoder settings among ``values`` (e.g. an adapter's fields), leaving out ``None``
         (use the model's default) and the model itself (passed separately).
@@ -171,9 +197,7 @@ class TPConfig:
 
     def space(self) -> dict[str, Any]:
         """The settings that define the embedding space (what ``fingerprint`` hashes)."""
-        space = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS
-        }
+        space = {name: getattr(self, name) for name in self.space_fields()}
         space["prompt"] = list(self.templates)
         space["clean_text"] = self.cleans_text
         space["method"] = _METHOD_VERSION

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tp_rag import DEFAULT_MODEL, loading
-from tp_rag.config import TPConfig, hidden_states_index
+from tp_rag import loading
+from tp_rag.config import DEFAULT_MODEL, TPConfig, hidden_states_index
 from tp_rag.presets import default_settings, num_decoder_layers, read_preset_file
 from tp_rag.prompts import PLACEHOLDER, clean_sentence, render, resolve_prompt
 from tp_rag.tp import BatchState, ReadoutReached, tp_hooks
+from tp_rag.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -262,9 +263,7 @@ class TPEncoder:
             if len(templates) > 1:  # MetaEOL: average the vectors of the prompts
                 vectors = vectors.reshape(len(items), len(templates), -1).mean(axis=1)
             if self.config.normalize:
-                vectors = vectors / np.maximum(
-                    np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12
-                )
+                vectors = unit_rows(vectors)
             result[layer] = vectors[0] if single else vectors
         return result
 

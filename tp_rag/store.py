@@ -62,6 +62,15 @@ class Hit:
     rank: int
     """1 for the best hit."""
 
+    def snippet(self, width: int = 200) -> str:
+        """The text on one line, cut to ``width`` characters with an ellipsis.
+
+        >>> Hit("i", "a  long\ntext", "s", 0, 0, 13, 0.5, 1).snippet(8)
+        'a long…'
+        """
+        flat = " ".join(self.text.split())
+        return flat if len(flat) <= width else flat[: width - 1] + "…"
+
 
 def connect(
     db: str | Path | None = None, *, host: str | None = None, port: int | None = None
@@ -132,9 +141,10 @@ def stored_settings(client: Any, name: str) -> dict[str, Any] | None:
 
 
 def describe_settings(settings: dict[str, Any]) -> str:
-    """One line naming the settings that define an embedding space."""
-    keys = ("model", "model_digest", "prompt", "tp", "tp_start", "tp_stop", "output_layer")
-    keys += ("pooling", "normalize", "max_length", "clean_text")
+    """One line naming the model and the settings that define an embedding space."""
+    from tp_rag.config import TPConfig
+
+    keys = ("model", *TPConfig.space_fields())
     return ", ".join(f"{key}={settings.get(key)!r}" for key in keys if key in settings)
 
 
@@ -187,6 +197,8 @@ class TPStore:
         return collection
 
     def _check(self, collection: Any, fingerprint: str, settings: dict[str, Any]) -> None:
+        from tp_rag.config import TPConfig
+
         metadata = collection.metadata or {}
         stored = metadata.get(_FINGERPRINT)
         if stored is None:
@@ -202,9 +214,8 @@ class TPStore:
             recorded = {}
         differ = [
             f"{key} {recorded.get(key)!r} vs {settings.get(key)!r}"
-            for key in sorted(set(recorded) | set(settings))
-            if key not in ("batch_size", "device", "dtype")
-            and recorded.get(key) != settings.get(key)
+            for key in ("model", *TPConfig.space_fields())
+            if recorded.get(key) != settings.get(key)
         ]
         raise ConfigMismatchError(
             f"collection {collection.name!r} holds vectors of encoder configuration {stored} "

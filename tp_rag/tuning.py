@@ -14,7 +14,6 @@ figure on a BEIR split); the best cell is written as a JSON preset.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Sequence
@@ -25,12 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tp_rag.datasets import RetrievalSet, StsTask
-from tp_rag.evaluation import (
-    RETRIEVAL_METRICS,
-    score_retrieval,
-    sts_spearman,
-    text_index,
-)
+from tp_rag.metrics import RETRIEVAL_METRICS, score_retrieval, sts_spearman, text_index
 
 if TYPE_CHECKING:
     from tp_rag.encoder import TPEncoder
@@ -194,60 +188,3 @@ def write_preset(
     }
     write_json(path, preset)
     return preset
-
-
-def grid_table(result: TuneResult) -> Any:
-    """Rows: tp_stop candidates (and TP off); columns: output layers; the best cell marked."""
-    from rich.table import Table
-
-    best_stop, best_layer, best_score = result.best
-    table = Table(
-        title=f"tune: {result.metric}, tp_stop (rows) x output_layer (columns)",
-        caption=f"tp_start={result.tp_start}; best: tp_stop={best_stop}, "
-        f"output_layer={best_layer} ({best_score:.4g}); TP off is for reference",
-    )
-    table.add_column("tp_stop")
-    for layer in result.layers:
-        table.add_column(str(layer), justify="right")
-    for stop, row in zip(result.tp_stops, result.grid, strict=True):
-        cells = []
-        for layer, value in zip(result.layers, row, strict=True):
-            text = f"{value:.2f}" if result.metric.startswith("Spearman") else f"{value:.4f}"
-            cells.append(
-                f"[bold]{text}*[/bold]" if (stop, layer) == (best_stop, best_layer) else text
-            )
-        table.add_row(str(stop), *cells)
-    digits = 2 if result.metric.startswith("Spearman") else 4
-    table.add_row("TP off", *(f"{v:.{digits}f}" for v in result.tp_off), style="dim")
-    return table
-
-
-def run_tune_command(args: argparse.Namespace) -> int:
-    """``tp-rag tune``: load, score the grid, print it, write the preset."""
-    from tp_rag.cli import encoder_from_args
-    from tp_rag.datasets import read_beir, read_sts
-    from tp_rag.evaluation import _console, _note, write_json
-
-    if args.tp_stop is not None or args.output_layer is not None:
-        raise ValueError("tune searches tp_stop and output_layer: use --tp-stops and --layers")
-    data_path = Path(args.data)
-    is_beir = data_path.is_dir() and (data_path / "corpus.jsonl").is_file()
-    data: StsTask | RetrievalSet = (
-        read_beir(data_path, args.split) if is_beir else read_sts(data_path)
-    )
-    encoder = encoder_from_args(args)
-    _note(repr(encoder))
-    result = tune(
-        encoder,
-        data,
-        tp_stops=parse_candidates(args.tp_stops) if args.tp_stops else None,
-        layers=parse_candidates(args.layers) if args.layers else None,
-        metric=args.metric,
-    )
-    _console().print(grid_table(result))
-    tuned_on = f"{data_path} ({args.split})" if is_beir else str(data_path)
-    preset = write_preset(args.output, encoder, result, tuned_on=tuned_on)
-    print(f"wrote {args.output}: {preset['settings']}")
-    if args.json:
-        write_json(args.json, preset)
-    return 0

@@ -5,20 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
-from tp_rag import DEFAULT_MODEL, TPConfig, TPEncoder
-from tp_rag.config import DType, Pooling
-from tp_rag.prompts import resolve_prompt
+from tp_rag.adapters import load_encoder, settings_model
+from tp_rag.encoder import TPEncoder
 
 
-class TPEmbeddings(BaseModel, Embeddings):
+class TPEmbeddings(settings_model(), Embeddings):  # type: ignore[misc]
     """Training-free sentence embeddings from a decoder-only LLM with Token Prepending.
 
-    Settings left at ``None`` take the encoder's defaults for the model (the paper's settings
-    where the authors published them, else a depth rule). Models are shared: instances over the
-    same model, device and dtype use one copy of the weights, whatever their TP settings.
-    ``aembed_documents`` and ``aembed_query`` run the model in a worker thread.
+    The fields are ``TPEncoder.from_pretrained``'s: ``model``, the ``TPConfig`` settings (left at
+    ``None``, each takes the encoder's default for the model: the paper's settings where the
+    authors published them, else a depth rule), ``query_prompt`` (a prompt for ``embed_query``
+    only), and the loading options ``preset``, ``revision``, ``trust_remote_code`` and
+    ``model_kwargs``. Instances over the same model, device and dtype share one copy of the
+    weights, whatever their TP settings. ``aembed_documents`` and ``aembed_query`` run the model
+    in a worker thread.
 
     Example:
         .. code-block:: python
@@ -38,51 +40,15 @@ class TPEmbeddings(BaseModel, Embeddings):
         use_attribute_docstrings=True,
     )
 
-    model_name: str = Field(default=DEFAULT_MODEL, alias="model")
-    """Hugging Face hub name or local directory of a decoder-only LLM."""
-    tp: bool = True
-    """Token Prepending on; ``False`` gives the same prompt without the placeholder."""
-    prompt: str | None = None
-    """Built-in prompt (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with
-    ``{text}`` and ``{pst}``, used for documents (and for queries unless ``query_prompt``)."""
-    query_prompt: str | None = None
-    """A different prompt for ``embed_query``; ``None`` embeds queries like documents."""
-    clean_text: bool | None = None
-    """The paper's sentence clean-up; ``None``: on for built-in prompts, off for templates."""
-    tp_start: int | None = None
-    """First decoder layer (0-based) before which the placeholder is overwritten."""
-    tp_stop: int | None = None
-    """TP runs before decoder layers ``tp_start <= i < tp_stop``."""
-    output_layer: int | None = None
-    """Readout layer in Hugging Face ``hidden_states`` indexing (-1 = last)."""
-    pooling: Pooling | None = None
-    """``last`` (the prompt's last token, as in the paper) or ``mean`` (the text's tokens)."""
-    normalize: bool | None = None
-    """L2-normalise the vectors (``None``: yes)."""
-    max_length: int | None = None
-    """Longest prompt in tokens; longer texts are cut, the template is kept (``None``: 512)."""
-    batch_size: int | None = None
-    """Prompts per forward pass (``None``: 32)."""
-    device: str | None = None
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``None``: auto)."""
-    dtype: DType | None = None
-    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16``, ``float16``."""
     show_progress: bool | None = None
     """Progress bar while embedding; ``None`` shows one for long jobs only."""
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for ``TPEncoder.from_pretrained``: ``revision``, ``trust_remote_code``
-    (off unless you set it), ``preset`` (a JSON settings file) or ``model_kwargs`` (for
-    ``transformers.AutoModel.from_pretrained``)."""
 
     _encoder: TPEncoder = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
         """Validate the fields, then load the model (or reuse one already loaded)."""
         super().__init__(**kwargs)
-        if self.query_prompt is not None:
-            resolve_prompt(self.query_prompt)  # a bad template fails before any loading
-        settings = TPConfig.pick(dict(self))
-        self._encoder = TPEncoder.from_pretrained(self.model_name, **self.model_kwargs, **settings)
+        self._encoder = load_encoder(self.model_name, **self.encoder_settings())
 
     @property
     def encoder(self) -> TPEncoder:

@@ -62,7 +62,16 @@ def test_is_a_llama_index_embedding() -> None:
     assert issubclass(TPEmbedding, BaseEmbedding)
     assert TPEmbedding.class_name() == "TPEmbedding"
     assert TPEmbedding.model_fields["model_name"].default == DEFAULT_MODEL
-    assert TPEmbedding.model_fields["tp"].default is True
+    assert TPEmbedding.model_fields["tp"].default is None  # None: the core's default (TP on)
+
+
+def test_model_name_model_and_positional_are_the_same(tiny_model: Path) -> None:
+    """``model=``, ``model_name=`` and the first positional argument all name the model."""
+    by_keyword = TPEmbedding(model=str(tiny_model))
+    by_name = TPEmbedding(model_name=str(tiny_model))
+    by_position = TPEmbedding(str(tiny_model))
+    assert by_keyword.model_name == by_name.model_name == by_position.model_name
+    assert by_keyword.encoder._loaded is by_position.encoder._loaded  # one load
 
 
 def test_installed_as_a_namespace_package() -> None:
@@ -103,7 +112,7 @@ def test_settings_reach_the_encoder(tiny_model: Path) -> None:
         pooling="mean",
         normalize=False,
         max_length=128,
-        batch_size=4,
+        embed_batch_size=4,
         device="cpu",
         dtype="float32",
     )
@@ -120,13 +129,32 @@ def test_unset_settings_keep_the_encoders_defaults(embedding: TPEmbedding) -> No
     assert embedding.encoder.config == reference.config
 
 
-def test_model_kwargs_reach_from_pretrained(tiny_model: Path, tmp_path: Path) -> None:
-    """``model_kwargs`` are keyword arguments of ``TPEncoder.from_pretrained`` (here a preset)."""
+def test_loading_options_reach_from_pretrained(tiny_model: Path, tmp_path: Path) -> None:
+    """``preset`` and ``revision`` are ``TPEncoder.from_pretrained``'s own options;
+    ``model_kwargs`` reach ``AutoModel.from_pretrained`` (here the attention implementation)."""
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps({"tp_start": 2, "tp_stop": 4, "output_layer": 2}))
-    embedding = TPEmbedding(str(tiny_model), model_kwargs={"preset": str(preset)})
+    embedding = TPEmbedding(
+        str(tiny_model),
+        preset=str(preset),
+        revision="main",
+        model_kwargs={"attn_implementation": "eager"},
+    )
     config = embedding.encoder.config
     assert (config.tp_start, config.tp_stop, config.output_layer) == (2, 4, 2)
+    assert embedding.encoder.load_kwargs["revision"] == "main"
+    assert embedding.encoder._loaded.model.config._attn_implementation == "eager"
+
+
+def test_embed_batch_size_is_the_encoders_batch_size(tiny_model: Path) -> None:
+    """LlamaIndex's ``embed_batch_size`` sets the forward-pass batch too (default: the core's)."""
+    assert (
+        TPEmbedding(str(tiny_model)).encoder.config.batch_size
+        == TPEncoder.from_pretrained(tiny_model).config.batch_size
+    )
+    assert TPEmbedding(str(tiny_model), embed_batch_size=64).encoder.config.batch_size == 64
+    with pytest.raises(ValidationError, match="batch_size"):
+        TPEmbedding(str(tiny_model), batch_size=8)  # one name for one setting
 
 
 def test_text_and_query_vectors_are_the_encoders(tiny_model: Path) -> None:

@@ -41,7 +41,7 @@ def test_default_model_is_the_packages_default() -> None:
     """``TPEmbeddings()`` asks for tp_rag's documented default model, with TP on."""
     fields = TPEmbeddings.model_fields
     assert fields["model_name"].default == DEFAULT_MODEL
-    assert fields["tp"].default is True
+    assert fields["tp"].default is None  # None: the core's default, TP on
 
 
 def test_no_arguments_without_network_names_the_model_and_the_fix(tmp_path: Path) -> None:
@@ -134,13 +134,27 @@ def test_unset_settings_keep_the_encoders_defaults(embeddings: TPEmbeddings) -> 
     assert embeddings.encoder.config == reference.config
 
 
-def test_model_kwargs_reach_from_pretrained(tiny_model: Path, tmp_path: Path) -> None:
-    """``model_kwargs`` are keyword arguments of ``TPEncoder.from_pretrained`` (here a preset)."""
+def test_loading_options_reach_from_pretrained(tiny_model: Path, tmp_path: Path) -> None:
+    """``preset`` and ``revision`` are ``TPEncoder.from_pretrained``'s own options;
+    ``model_kwargs`` reach ``AutoModel.from_pretrained`` (here the attention implementation)."""
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps({"tp_start": 2, "tp_stop": 4, "output_layer": 2}))
-    embeddings = TPEmbeddings(model=str(tiny_model), model_kwargs={"preset": str(preset)})
+    embeddings = TPEmbeddings(
+        model=str(tiny_model),
+        preset=str(preset),
+        revision="main",
+        model_kwargs={"attn_implementation": "eager"},
+    )
     config = embeddings.encoder.config
     assert (config.tp_start, config.tp_stop, config.output_layer) == (2, 4, 2)
+    assert embeddings.encoder.load_kwargs["revision"] == "main"
+    assert embeddings.encoder._loaded.model.config._attn_implementation == "eager"
+
+
+def test_loading_options_inside_model_kwargs_are_refused(tiny_model: Path) -> None:
+    """The 0.1 spelling ``model_kwargs={"preset": ...}`` names the option to pass directly."""
+    with pytest.raises(TypeError, match=r"preset.*pass them directly"):
+        TPEmbeddings(model=str(tiny_model), model_kwargs={"preset": "p.json"})
 
 
 def test_embed_documents_returns_plain_float_lists(embeddings: TPEmbeddings) -> None:

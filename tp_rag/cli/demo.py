@@ -1,0 +1,90 @@
+"""``tp-rag demo``: the Gradio app of ``demo/app.py``, over one loaded encoder."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tp_rag.cli.options import add_store_options, client_from_args, encoder_for
+
+DEMO_DB = ".tp-rag/demo"
+"""Where ``tp-rag demo`` keeps its Chroma database unless ``--db`` is given."""
+
+
+def demo_directory() -> Path:
+    """The demo's folder: ``tp_rag/_demo`` in an installed wheel, ``demo/`` in a clone."""
+    package = Path(__file__).resolve().parents[1]  # tp_rag/
+    for candidate in (package / "_demo", package.parent / "demo"):
+        if (candidate / "app.py").is_file():
+            return candidate
+    raise OSError(
+        "the demo app is not installed: run `tp-rag demo` from a clone of tp-rag "
+        "(it reads demo/app.py), or install a wheel that includes it"
+    )
+
+
+def load_demo_module() -> ModuleType:
+    """Import ``demo/app.py`` (it is not a package module, so ``tp-rag demo`` finds it here)."""
+    name = "tp_rag_demo_app"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, demo_directory() / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec, so dataclasses in it can find their module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Load the encoder and serve the demo until interrupted."""
+    app_module = load_demo_module()
+    from tp_rag.store import check_name, stored_settings
+
+    client = client_from_args(args)
+    recorded = None
+    if args.collection is not None:  # an existing collection brings its own encoder settings
+        recorded = stored_settings(client, check_name(args.collection))
+    encoder = encoder_for(args, recorded)
+    print(f"loaded {encoder}", file=sys.stderr)
+    demo = app_module.Demo(encoder, client, collection=args.collection)
+    app = app_module.build_app(demo)
+    app_module.launch(app, host=args.host, port=args.port, max_file_size=args.max_file_size)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``tp-rag demo``."""
+    demo_parser = subparsers.add_parser(
+        "demo",
+        help="open the Gradio demo comparing retrieval with TP on and off",
+        description=(
+            "Start the Gradio demo (ingest, compare, evaluate) on http://HOST:PORT. It loads "
+            "the model once; pass --model /path/to/model to run without network."
+        ),
+    )
+    demo_parser.add_argument(
+        "--collection",
+        default=None,
+        metavar="NAME",
+        help="collection to use (default: demo-<fingerprint>, one per encoder configuration)",
+    )
+    demo_parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default %(default)s)"
+    )
+    demo_parser.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
+    demo_parser.add_argument(
+        "--max-file-size",
+        default="20mb",
+        help="largest upload accepted (default %(default)s)",
+    )
+    add_store_options(demo_parser, default_db=DEMO_DB)
+    demo_parser.set_defaults(func=run_demo)

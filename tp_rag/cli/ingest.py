@@ -1,0 +1,191 @@
+"""``tp-rag ingest`` and ``tp-rag query``: files into a store, and a query against it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tp_rag.cli.options import add_store_options, open_store
+from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
+from tp_rag.ingest import ingest
+
+
+class BarProgress:
+    """Two rich progress bars (files read, chunks written) on a terminal."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description:<7}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}", style="dim"),
+            console=console,
+        )
+        self._files = self._progress.add_task("files", total=None, note="")
+        self._chunks = self._progress.add_task("chunks", total=0, note="")
+
+    def __enter__(self) -> BarProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def files_found(self, total: int) -> None:
+        self._progress.update(self._files, total=total)
+
+    def file_read(self, name: str, chunks: int) -> None:
+        self._progress.update(self._files, advance=1, note=Path(name).name)
+        task = self._progress.tasks[self._chunks]
+        self._progress.update(self._chunks, total=(task.total or 0) + chunks)
+
+    def chunks_written(self, count: int) -> None:
+        self._progress.update(self._chunks, advance=count)
+
+
+class LineProgress:
+    """Plain progress lines for logs (when stderr is not a terminal)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._files = self._read = self._queued = self._written = 0
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _say(self, line: str) -> None:
+        print(line, file=self._stream, flush=True)
+
+    def files_found(self, total: int) -> None:
+        self._files = total
+        self._say(f"reading {total} files")
+
+    def file_read(self, name: str, chunks: int) -> None:
+        self._read += 1
+        self._queued += chunks
+        self._say(f"file {self._read}/{self._files}: {name} ({chunks} chunks to embed)")
+
+    def chunks_written(self, count: int) -> None:
+        self._written += count
+        self._say(f"chunks written: {self._written}/{self._queued}")
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    """Ingest ``args.paths`` into the store; print the summary and the skipped files."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out, err = Console(), Console(stderr=True)
+    store = open_store(args, create=True)
+    bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
+    with bars:
+        summary = ingest(
+            args.paths,
+            store,
+            chunk_size=args.chunk_size,
+            chunk_overlap=args.chunk_overlap,
+            progress=bars,
+        )
+    on, off = store.count()
+    out.print(f"[bold]{store.name}[/]: {summary}")
+    out.print(f"collection {store.on.name!r}: {on} chunks; {store.off.name!r}: {off} chunks")
+    if summary.skipped:
+        table = Table("skipped", "reason", title="not ingested", title_justify="left")
+        for path, reason in summary.skipped:
+            table.add_row(path, reason)
+        out.print(table)
+    return 1 if summary.skipped and not summary.files else 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    """Print the ``k`` best chunks for ``args.text``, TP on and TP off side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tp_rag.store import describe_change, rank_change
+
+    store = open_store(args, create=False)
+    on, off = store.search(args.text, k=args.k)
+    table = Table("#", "TP on", "TP off", title=f"{args.text!r} in {store.name}", show_lines=True)
+
+    def cell(hits: list[Any], other: list[Any], rank: int, side: str) -> str:
+        if rank > len(hits):
+            return ""
+        hit = hits[rank - 1]
+        change = describe_change(rank_change(hit, other), side)
+        return (
+            f"[bold]{hit.similarity:.3f}[/] {change}\n"
+            f"[cyan]{hit.source}[/] #{hit.chunk_index}\n{hit.snippet(200)}"
+        )
+
+    for rank in range(1, max(len(on), len(off)) + 1):
+        table.add_row(str(rank), cell(on, off, rank, "TP on"), cell(off, on, rank, "TP off"))
+    Console().print(table)
+    if not on:
+        print(f"collection {store.name!r} is empty", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``tp-rag ingest`` and ``tp-rag query``."""
+    ingest_parser = subparsers.add_parser(
+        "ingest",
+        help="embed files into a Chroma collection and its TP-off twin",
+        description=(
+            f"Read {', '.join(SUFFIXES)} files and folders, split them into chunks, embed each "
+            "chunk with TP on and off, and upsert them into NAME and NAME-tp-off. Re-running "
+            "adds nothing new for unchanged files and replaces the chunks of changed ones. "
+            "Without --model, an existing collection's own model and settings are used."
+        ),
+    )
+    ingest_parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    ingest_parser.add_argument("--collection", required=True, metavar="NAME")
+    ingest_parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help=(
+            "chunk length in tokens of the model's tokenizer (default: the collection's, "
+            f"else {DEFAULT_CHUNK_SIZE})"
+        ),
+    )
+    ingest_parser.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=None,
+        help=(
+            "tokens shared by neighbouring chunks (default: the collection's, else "
+            f"{DEFAULT_CHUNK_OVERLAP}, at most chunk size / 8)"
+        ),
+    )
+    add_store_options(ingest_parser, default_db="chroma_db")
+    ingest_parser.set_defaults(func=run_ingest)
+
+    query_parser = subparsers.add_parser(
+        "query",
+        help="search a collection with TP on and off, side by side",
+        description=(
+            "Print the k best chunks for a query from NAME (TP on) and NAME-tp-off, side by "
+            "side; ▲/▼ mark rank changes between them. Without --model, the collection's own "
+            "model and settings are used."
+        ),
+    )
+    query_parser.add_argument("text", help="the query")
+    query_parser.add_argument("--collection", required=True, metavar="NAME")
+    query_parser.add_argument("-k", type=int, default=5, help="results per side (default 5)")
+    add_store_options(query_parser, default_db="chroma_db")
+    query_parser.set_defaults(func=run_query)
