@@ -184,9 +184,9 @@ def test_truncation_keeps_template_and_warns_once(
     template = BUILTIN_PROMPTS["prompteol"][0]
     tokenizer = encoder.tokenizer
     for tp in (True, False):
-        features = encoder._tokenize(LONG[0], template, tp=tp)
+        features = encoder.tokenize(LONG[0], tp=tp, prompt=template)[0]
         assert features.truncated and len(features.input_ids) == 40
-        decoded = tokenizer.decode(features.input_ids, skip_special_tokens=True)
+        decoded = tokenizer.decode(features.input_ids.tolist(), skip_special_tokens=True)
         prefix = template.split("{text}")[0].replace("{pst}", "<PST> " if tp else "")
         assert decoded.startswith(prefix + LONG[0][:5])
         assert decoded.endswith('" means in one word:"')
@@ -272,8 +272,8 @@ def test_token_ids_equal_the_add_tokens_recipe(tiny_gpt2_real_tokenizer: Path) -
                     prompt = template.replace("{pst}", "<PST> " if tp else "").replace(
                         "{text}", text
                     )
-                    got = encoder._tokenize(text, template, tp=tp).input_ids
-                    assert got == recipe(prompt)["input_ids"], (name, text, tp)
+                    got = encoder.tokenize(text, tp=tp, prompt=template)[0].input_ids
+                    assert got.tolist() == recipe(prompt)["input_ids"], (name, text, tp)
 
 
 def test_placeholder_spacing_with_real_gpt2(tiny_gpt2_real_tokenizer: Path) -> None:
@@ -281,8 +281,8 @@ def test_placeholder_spacing_with_real_gpt2(tiny_gpt2_real_tokenizer: Path) -> N
     quote (Ġ"): the added token splits the string and each side is BPE-encoded on its own."""
     encoder = TPEncoder.from_pretrained(tiny_gpt2_real_tokenizer)
     template = BUILTIN_PROMPTS["prompteol"][0]
-    features = encoder._tokenize("Hi.", template, tp=True)
-    tokens = encoder.tokenizer.convert_ids_to_tokens(features.input_ids)
+    features = encoder.tokenize("Hi.", tp=True, prompt=template)[0]
+    tokens = encoder.tokenizer.convert_ids_to_tokens(features.input_ids.tolist())
     at = features.placeholder_index
     assert tokens[at - 2 : at + 2] == ["Ġ:", "Ġ", "<PST>", 'Ġ"']
 

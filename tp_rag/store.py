@@ -200,11 +200,12 @@ class TPStore:
             recorded = json.loads(metadata.get(_CONFIG, "{}"))
         except json.JSONDecodeError:
             recorded = {}
+        from tp_rag.config import RUNTIME_FIELDS, outdated_space_advice
+
         differ = [
             f"{key} {recorded.get(key)!r} vs {settings.get(key)!r}"
             for key in sorted(set(recorded) | set(settings))
-            if key not in ("batch_size", "device", "dtype")
-            and recorded.get(key) != settings.get(key)
+            if key not in RUNTIME_FIELDS - {"model"} and recorded.get(key) != settings.get(key)
         ]
         raise ConfigMismatchError(
             f"collection {collection.name!r} holds vectors of encoder configuration {stored} "
@@ -212,7 +213,7 @@ class TPStore:
             f"{fingerprint} ({describe_settings(settings)}); they differ in "
             f"{'; '.join(differ) or 'the method version'}. Vectors from different embedding "
             "spaces must not mix: use the settings the collection was built with, or another "
-            "collection name."
+            "collection name." + outdated_space_advice(recorded, collection.name)
         )
 
     def __repr__(self) -> str:
