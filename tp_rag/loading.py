@@ -202,13 +202,11 @@ def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
-    """sha256 of the tokenizer's whole pipeline: vocabulary, merges, added tokens, normalizer,
-    pre-tokenizer, post-processor (its serialised ``tokenizer.json``, without the padding and
-    truncation state that calls change)."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state["padding"] = state["truncation"] = None
-    canonical = json.dumps(state, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """sha256 of the tokenizer's whole pipeline as serialised by the tokenizers library
+    (``tokenizer.json``: vocabulary, merges, added tokens, normalizer, pre-tokenizer,
+    post-processor, decoder). Take it right after loading: calls can change its padding and
+    truncation state."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
 def model_digest(model: nn.Module, tokenizer: Any) -> str:
@@ -254,13 +252,24 @@ def load_tokenizer(
     path = _tokenizer_file(name_or_path, revision)
     if path is None or not getattr(tokenizer, "is_fast", False):
         return tokenizer
-    written = Tokenizer.from_file(path)
+    written = _pipeline_of(path)
     backend = tokenizer.backend_tokenizer
     for part in ("normalizer", "pre_tokenizer", "decoder"):
         ours, theirs = getattr(backend, part), getattr(written, part)
         if _component_state(ours) != _component_state(theirs):
             setattr(backend, part, theirs)  # also re-normalises the tokens added so far
     return tokenizer
+
+
+def _pipeline_of(path: str) -> Tokenizer:
+    """A tokenizer with the text pipeline of ``path`` and a one-token vocabulary (parsing the
+    real vocabulary again would cost seconds for the large ones)."""
+    with open(path, encoding="utf-8") as file:
+        state = json.load(file)
+    state["added_tokens"] = []
+    state["model"] = {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}
+    state["post_processor"] = None  # it may name special tokens the stub vocabulary lacks
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def _component_state(component: Any) -> Any:
