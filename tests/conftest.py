@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,52 @@ def tiny_gpt2_real_tokenizer(
     return save_tiny_model(
         tmp_path_factory.mktemp("tiny-gpt2-real") / "gpt2", "gpt2", tokenizer=tokenizer
     )
+
+
+REAL_TOKENIZER_FOLDERS = (
+    "Qwen--Qwen2-7B-Instruct",
+    "Qwen--Qwen2.5-0.5B-Instruct",
+    "google--gemma-2-9b-it",
+    "meta-llama--Llama-2-7b-hf",
+    "meta-llama--Meta-Llama-3-8B",
+    "mistralai--Mistral-7B-v0.1",
+)
+"""The ``../shared/models`` folders with a tokenizer (and in ``reference_token_ids.json``)."""
+
+
+@pytest.fixture(scope="session")
+def reference_token_ids(shared_dir: Path) -> dict:
+    """The prompt ids of the authors' recipe under transformers 4.46.3 (see the file's recipe)."""
+    import json
+
+    return json.loads((shared_dir / "data" / "reference_token_ids.json").read_text("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_model(
+    tmp_path_factory: pytest.TempPathFactory, shared_dir: Path
+) -> Callable[[str], Path]:
+    """``build(folder)``: a tiny random model (4 layers, hidden 64) carrying the real tokenizer
+    files of ``../shared/models/<folder>`` and the real config's model type, vocabulary size
+    and embedding tying. Built on first use, once per session."""
+    from transformers import AutoConfig
+
+    root = tmp_path_factory.mktemp("real-tokenizers")
+    built: dict[str, Path] = {}
+
+    def build(folder: str) -> Path:
+        if folder not in built:
+            source = shared_dir / "models" / folder
+            if folder == "meta-llama--Meta-Llama-3-8B":
+                pytest.importorskip("tiktoken", reason="the Llama-3 tokenizer.model needs it")
+            real = AutoConfig.from_pretrained(source)
+            built[folder] = save_tiny_model(
+                root / folder,
+                real.model_type,
+                tokenizer_dir=source,
+                vocab_size=real.vocab_size,
+                tie_word_embeddings=real.tie_word_embeddings,
+            )
+        return built[folder]
+
+    return build

@@ -81,3 +81,29 @@ def test_config_is_immutable_and_round_trips() -> None:
     with pytest.raises(AttributeError):
         config.tp = False  # type: ignore[misc]
     assert TPConfig(**config.to_dict()) == config
+
+
+def test_max_batch_tokens_is_a_runtime_setting() -> None:
+    """It is validated (positive, room for one max_length prompt), ignored by the fingerprint,
+    and None means the device's default, never below max_length."""
+    config = TPConfig(**BASE)
+    assert config.replace(max_batch_tokens=4096).fingerprint() == config.fingerprint()
+    assert config.batch_token_budget("cpu") == 8192 and config.batch_token_budget("cuda") == 16384
+    assert config.replace(max_length=20000).batch_token_budget("cpu") == 20000
+    assert config.replace(max_batch_tokens=600).batch_token_budget("cuda") == 600
+    with pytest.raises(ValueError, match=r"max_batch_tokens=100 is smaller than max_length=512"):
+        TPConfig(max_batch_tokens=100)
+    with pytest.raises(ValueError, match="positive integer"):
+        TPConfig(max_batch_tokens=0)
+    assert TPConfig.pick({"max_batch_tokens": 1024}) == {"max_batch_tokens": 1024}
+
+
+def test_stores_of_the_old_digest_are_told_to_re_ingest() -> None:
+    """Settings recorded with a tp-rag/1 digest (16 hex characters) get re-ingest advice;
+    current ones do not."""
+    from tp_rag.config import outdated_space_advice
+
+    advice = outdated_space_advice({"model_digest": "0123456789abcdef"}, "docs")
+    assert "Re-ingest" in advice and "--collection" in advice and "'docs'" in advice
+    assert outdated_space_advice({"model_digest": "0" * 32}, "docs") == ""
+    assert outdated_space_advice({}, "docs") == ""

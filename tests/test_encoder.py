@@ -184,9 +184,9 @@ def test_truncation_keeps_template_and_warns_once(
     template = BUILTIN_PROMPTS["prompteol"][0]
     tokenizer = encoder.tokenizer
     for tp in (True, False):
-        features = encoder._tokenize(LONG[0], template, tp=tp)
+        features = encoder.tokenize(LONG[0], tp=tp, prompt=template)[0]
         assert features.truncated and len(features.input_ids) == 40
-        decoded = tokenizer.decode(features.input_ids, skip_special_tokens=True)
+        decoded = tokenizer.decode(features.input_ids.tolist(), skip_special_tokens=True)
         prefix = template.split("{text}")[0].replace("{pst}", "<PST> " if tp else "")
         assert decoded.startswith(prefix + LONG[0][:5])
         assert decoded.endswith('" means in one word:"')
@@ -272,8 +272,8 @@ def test_token_ids_equal_the_add_tokens_recipe(tiny_gpt2_real_tokenizer: Path) -
                     prompt = template.replace("{pst}", "<PST> " if tp else "").replace(
                         "{text}", text
                     )
-                    got = encoder._tokenize(text, template, tp=tp).input_ids
-                    assert got == recipe(prompt)["input_ids"], (name, text, tp)
+                    got = encoder.tokenize(text, tp=tp, prompt=template)[0].input_ids
+                    assert got.tolist() == recipe(prompt)["input_ids"], (name, text, tp)
 
 
 def test_placeholder_spacing_with_real_gpt2(tiny_gpt2_real_tokenizer: Path) -> None:
@@ -281,8 +281,8 @@ def test_placeholder_spacing_with_real_gpt2(tiny_gpt2_real_tokenizer: Path) -> N
     quote (Ġ"): the added token splits the string and each side is BPE-encoded on its own."""
     encoder = TPEncoder.from_pretrained(tiny_gpt2_real_tokenizer)
     template = BUILTIN_PROMPTS["prompteol"][0]
-    features = encoder._tokenize("Hi.", template, tp=True)
-    tokens = encoder.tokenizer.convert_ids_to_tokens(features.input_ids)
+    features = encoder.tokenize("Hi.", tp=True, prompt=template)[0]
+    tokens = encoder.tokenizer.convert_ids_to_tokens(features.input_ids.tolist())
     at = features.placeholder_index
     assert tokens[at - 2 : at + 2] == ["Ġ:", "Ġ", "<PST>", 'Ġ"']
 
@@ -295,3 +295,65 @@ def test_progress_bar_only_for_long_jobs(
     assert "Batches" not in capsys.readouterr().err
     encoder.encode(SHORT, show_progress=True)
     assert "Batches" in capsys.readouterr().err
+
+
+def test_dimension_is_the_width_read_out(tmp_path: Path) -> None:
+    """OPT-350m-shaped: embeddings 32 wide, hidden states 64 inside, 32 after project_out.
+    dimension follows the readout layer, and empty input gets that width too."""
+    from tp_rag.testing import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "opt", "opt", hidden_size=64)
+    encoder = TPEncoder.from_pretrained(model_dir, tp_start=1, tp_stop=2, output_layer=2)
+    assert encoder._loaded.model.get_input_embeddings().weight.shape[1] == 32
+    assert encoder.dimension == 64 and encoder.encode(SHORT).shape == (3, 64)
+    last = encoder.with_settings(output_layer=-1)
+    assert last.dimension == 32 and last.encode(SHORT).shape == (3, 32)
+    assert last.encode([]).shape == (0, 32) and encoder.encode([]).shape == (0, 64)
+    layers = encoder.encode_layers(SHORT[0], [1, -1])
+    assert layers[1].shape == (64,) and layers[-1].shape == (32,)
+
+
+def _forward_shapes(encoder: TPEncoder, texts: list[str], **kwargs: object) -> list[tuple]:
+    shapes: list[tuple] = []
+    handle = encoder._loaded.model.register_forward_pre_hook(
+        lambda module, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        encoder.encode(texts, **kwargs)
+    finally:
+        handle.remove()
+    return shapes
+
+
+def test_token_budget_bounds_every_batch_and_keeps_the_vectors(tiny_llama: Path) -> None:
+    """No forward pass sees more than max_batch_tokens (rows x width, padding included); short
+    texts still fill batches up to batch_size; vectors equal one-text-at-a-time encoding."""
+    texts = [*SHORT, *LONG, *[f"Short text number {i}." for i in range(20)]]
+    encoder = TPEncoder.from_pretrained(tiny_llama, max_length=128, max_batch_tokens=160)
+    shapes = _forward_shapes(encoder, texts, batch_size=16)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert max(rows * width for rows, width in shapes) <= 160
+    short = max(len(f.input_ids) for f in encoder.tokenize(texts[-20:]))
+    assert max(rows for rows, _ in shapes) == 160 // short  # short prompts fill the budget
+    assert min(rows for rows, _ in shapes) == 1  # a 128-token prompt goes alone
+    alone = np.stack([encoder.encode(text) for text in texts])
+    np.testing.assert_allclose(encoder.encode(texts, batch_size=16), alone, atol=1e-5)
+
+
+def test_batch_size_still_caps_the_rows(tiny_llama: Path) -> None:
+    """With a budget that never binds, batches have batch_size rows, as before."""
+    encoder = TPEncoder.from_pretrained(tiny_llama, max_batch_tokens=100_000)
+    texts = [f"Short text number {i}." for i in range(10)]
+    assert [rows for rows, _ in _forward_shapes(encoder, texts, batch_size=4)] == [4, 4, 2]
+
+
+def test_token_budget_batches_rule() -> None:
+    """Longest first; a batch closes when one more row would pass either limit."""
+    from tp_rag.encoder import token_budget_batches
+
+    lengths = [5, 50, 6, 40, 7, 50]
+    assert token_budget_batches(lengths, max_texts=8, max_tokens=100) == [[1, 5], [3, 4], [2, 0]]
+    assert token_budget_batches(lengths, max_texts=8, max_tokens=200) == [[1, 5, 3, 4], [2, 0]]
+    assert token_budget_batches(lengths, max_texts=2, max_tokens=1000) == [[1, 5], [3, 4], [2, 0]]
+    assert token_budget_batches([300], max_texts=8, max_tokens=100) == [[0]]
+    assert token_budget_batches([], max_texts=8, max_tokens=100) == []

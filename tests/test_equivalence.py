@@ -9,6 +9,7 @@ layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tp_rag import BUILTIN_PROMPTS, TPEncoder
 from tp_rag.testing import ARCHITECTURES
+
+REAL_VOCABULARIES = (
+    "meta-llama--Llama-2-7b-hf",  # 32,000 rows: <PST> needs a new one
+    "Qwen--Qwen2.5-0.5B-Instruct",  # 151,936 rows: <PST> (151,665) is an untrained padding row
+    "google--gemma-2-9b-it",  # 256,000 rows, tied embeddings
+    "meta-llama--Meta-Llama-3-8B",  # 128,256 rows
+    "mistralai--Mistral-7B-v0.1",  # 32,000 rows
+)
 
 TEXTS = [
     "A man is playing a guitar on the stage.",
@@ -53,7 +62,21 @@ def reference_vector(
     """The last token's state, or with ``mean_over=(start, end)`` (a character span of the
     prompt) the mean over the tokens that overlap it."""
     encoding = tokenizer(prompt, return_offsets_mapping=True)  # type: ignore[operator]
-    ids = torch.tensor([encoding["input_ids"]])
+    states = hidden_states_loop(model, encoding["input_ids"], pst_id, tp=tp)
+    if mean_over is None:
+        return states[output_layer][0, -1].numpy()
+    start, end = mean_over
+    rows = [i for i, (s, e) in enumerate(encoding["offset_mapping"]) if s < end and e > start]
+    return states[output_layer][0, rows].mean(0).numpy()
+
+
+@torch.no_grad()
+def hidden_states_loop(
+    model: torch.nn.Module, input_ids: list[int], pst_id: int, *, tp: bool
+) -> list[torch.Tensor]:
+    """``hidden_states`` of one prompt by walking the decoder layers by hand, overwriting the
+    placeholder's state with the last token's before each TP layer."""
+    ids = torch.tensor([input_ids])
     seq = ids.shape[1]
     positions = torch.arange(seq)[None]
     base = model.base_model
@@ -78,11 +101,7 @@ def reference_vector(
             )
         states.append(hidden)
     states[-1] = (base.ln_f if is_gpt2 else base.norm)(hidden)
-    if mean_over is None:
-        return states[output_layer][0, -1].numpy()
-    start, end = mean_over
-    rows = [i for i, (s, e) in enumerate(encoding["offset_mapping"]) if s < end and e > start]
-    return states[output_layer][0, rows].mean(0).numpy()
+    return states
 
 
 def fill(template: str, text: str, *, tp: bool) -> str:
@@ -172,3 +191,45 @@ def test_mean_pooling_equals_mean_over_the_texts_tokens(
                 mean_over=(start, start + len(text)),
             )
             assert np.abs(got[row] - expected).max() <= 1e-5, (tp, text)
+
+
+@pytest.mark.parametrize("folder", REAL_VOCABULARIES)
+def test_encoder_equals_hand_written_tp_on_real_vocabularies(
+    folder: str, real_tokenizer_model: Callable[[str], Path], reference_token_ids: dict
+) -> None:
+    """Tiny models carrying the paper's real tokenizers and vocabulary sizes: the encoder's
+    vectors equal the hand-written loop fed the authors' own prompt ids (transformers 4.46.3),
+    every built-in prompt, TP on and off, two readout layers (max abs diff <= 1e-5, fp32)."""
+    model_dir = real_tokenizer_model(folder)
+    reference = reference_token_ids["models"][folder]
+    pst_id = reference["placeholder_id"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # the documented rule, for a new row and for a padding row alike
+        if pst_id >= model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(pst_id + 1, mean_resizing=False)
+        weight = model.get_input_embeddings().weight
+        weight[pst_id] = weight[:pst_id].mean(0)
+    sentence_ids = (0, 12, 16)  # plain; quotes inside; leading and trailing spaces
+    sentences = [reference_token_ids["sentences"][i] for i in sentence_ids]
+    base = TPEncoder.from_pretrained(
+        model_dir, tp_start=TP_START, tp_stop=TP_STOP, normalize=False, device="cpu"
+    )
+    for prompt, templates in BUILTIN_PROMPTS.items():
+        for key, tp in (("tp_on", True), ("tp_off", False)):
+            states = {
+                (s, t): hidden_states_loop(
+                    model, reference["prompts"][prompt][key][s][t], pst_id, tp=tp
+                )
+                for s in sentence_ids
+                for t in range(len(templates))
+            }
+            for output_layer in (2, -1):
+                encoder = base.with_settings(prompt=prompt, output_layer=output_layer)
+                got = encoder.encode(sentences, tp=tp)
+                for row, s in enumerate(sentence_ids):
+                    expected = np.mean(
+                        [states[s, t][output_layer][0, -1].numpy() for t in range(len(templates))],
+                        axis=0,
+                    )
+                    case = (folder, prompt, key, output_layer, s)
+                    assert np.abs(got[row] - expected).max() <= 1e-5, case

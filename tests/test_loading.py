@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,111 @@ def test_no_argument_means_the_default_model(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=rf"(?s){DEFAULT_MODEL}.*local directory"):
         TPEncoder.from_pretrained()
+
+
+def _copy_with(
+    source: Path,
+    target: Path,
+    *,
+    weights: Callable | None = None,
+    tokenizer: Callable | None = None,
+) -> Path:
+    """A copy of a model directory with its weights and/or its tokenizer.json edited."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    if weights is not None:
+        tensors = load_file(target / "model.safetensors")
+        weights(tensors)
+        save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        state = json.loads((target / "tokenizer.json").read_text("utf-8"))
+        tokenizer(state)
+        (target / "tokenizer.json").write_text(json.dumps(state), "utf-8")
+    return target
+
+
+def _lora_update(tensors: dict) -> None:
+    """A merged rank-2 LoRA on one projection, 1e-3 of the matrix's size (Frobenius norm)."""
+    weight = tensors["model.layers.1.self_attn.q_proj.weight"]
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2, weight.shape[1], generator=generator)
+    b = torch.randn(weight.shape[0], 2, generator=generator)
+    delta = b @ a
+    weight += delta * (1e-3 * weight.norm() / delta.norm())
+
+
+def _one_embedding_row(tensors: dict) -> None:
+    tensors["model.embed_tokens.weight"][7] *= 1.01
+
+
+def _swap_two_vocab_ids(state: dict) -> None:
+    vocab = state["model"]["vocab"]
+    first, second = (token for token, i in vocab.items() if i in (100, 101))
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+
+
+def _drop_last_merge(state: dict) -> None:
+    state["model"]["merges"].pop()
+
+
+def _add_a_token(state: dict) -> None:
+    size = len(state["model"]["vocab"])
+    state["added_tokens"].append(
+        {
+            "id": size,
+            "content": "<extra>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+            "special": False,
+        }
+    )
+
+
+def _lowercase(state: dict) -> None:
+    state["normalizer"] = {"type": "Lowercase"}
+
+
+@pytest.mark.parametrize(
+    ("weights", "tokenizer"),
+    [
+        (_lora_update, None),
+        (_one_embedding_row, None),
+        (None, _swap_two_vocab_ids),
+        (None, _drop_last_merge),
+        (None, _add_a_token),
+        (None, _lowercase),
+    ],
+    ids=["lora-1e-3", "embedding-row", "vocab", "merges", "added-token", "normalizer"],
+)
+def test_fingerprint_changes_with_any_weight_or_tokenizer_change(
+    tiny_llama: Path, tmp_path: Path, weights: Callable | None, tokenizer: Callable | None
+) -> None:
+    """A light fine-tune (merged LoRA at 1e-3), one edited embedding row, or any change to the
+    tokenizer (vocabulary, merges, added tokens, normalizer) gives another fingerprint."""
+    base = TPEncoder.from_pretrained(tiny_llama, dtype="float32").config.fingerprint()
+    changed = _copy_with(tiny_llama, tmp_path / "changed", weights=weights, tokenizer=tokenizer)
+    assert TPEncoder.from_pretrained(changed, dtype="float32").config.fingerprint() != base
+
+
+def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_llama: Path, tmp_path: Path) -> None:
+    """The documented promise: the same checkpoint loaded in float32 or bfloat16 is the same
+    space, also for a checkpoint stored in bfloat16."""
+    fp32 = TPEncoder.from_pretrained(tiny_llama, dtype="float32").config.fingerprint()
+    assert TPEncoder.from_pretrained(tiny_llama, dtype="bfloat16").config.fingerprint() == fp32
+
+    def to_bf16(tensors: dict) -> None:
+        for name, tensor in tensors.items():
+            tensors[name] = tensor.to(torch.bfloat16)
+
+    stored_bf16 = _copy_with(tiny_llama, tmp_path / "bf16", weights=to_bf16)
+    got = {
+        TPEncoder.from_pretrained(stored_bf16, dtype=dtype).config.fingerprint()
+        for dtype in ("float32", "bfloat16")
+    }
+    assert got == {fp32}  # rounding the float32 weights to bfloat16 loses nothing the digest saw

@@ -85,3 +85,28 @@ def test_bad_preset_files_are_named(tmp_path: Path, tiny_llama: Path) -> None:
     typo.write_text('{"tp_stopp": 3}')
     with pytest.raises(TypeError, match="tp_stopp"):
         TPEncoder.from_pretrained(tiny_llama, preset=typo)
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("meta-llama--Llama-2-7b-hf", ("prompteol", 1, 7, 27)),
+        ("meta-llama--Llama-2-13b-hf", ("pcot", 1, 7, -2)),
+        ("meta-llama--Meta-Llama-3-8B", ("pcot", 1, 3, -2)),
+        ("Qwen--Qwen2-7B-Instruct", ("pcot", 1, 6, -2)),
+        ("google--gemma-2-9b-it", ("pcot", 1, 6, -2)),
+        # No published settings: the depth rule, 1 / round(7/32 L) / round(27/32 L).
+        ("Qwen--Qwen2.5-0.5B-Instruct", ("prompteol", 1, 5, 20)),  # 24 layers
+        ("mistralai--Mistral-7B-v0.1", ("prompteol", 1, 7, 27)),  # 32 layers
+        ("TinyLlama--TinyLlama-1.1B-Chat-v1.0", ("prompteol", 1, 5, 19)),  # 22 layers
+    ],
+)
+def test_real_configs_get_the_authors_settings(
+    shared_dir: Path, folder: str, expected: tuple
+) -> None:
+    """The real config.json of each model resolves to the paper's settings (or the rule)."""
+    from transformers import AutoConfig
+
+    settings = default_settings(AutoConfig.from_pretrained(shared_dir / "models" / folder))
+    got = (settings["prompt"], settings["tp_start"], settings["tp_stop"], settings["output_layer"])
+    assert got == expected

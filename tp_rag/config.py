@@ -22,11 +22,20 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 """The model used when none is given: small, ungated, runs on a laptop CPU."""
 
 # Bumped whenever the way vectors are computed changes, so old fingerprints stop matching.
-_METHOD_VERSION = "tp-rag/1"
+# 2: model_digest covers every weight and the tokenizer; Llama-2-style tokenizer.json pipelines
+# are used as written (one token fewer before <PST>).
+_METHOD_VERSION = "tp-rag/2"
 
-RUNTIME_FIELDS: frozenset[str] = frozenset({"batch_size", "device", "dtype", "model"})
+RUNTIME_FIELDS: frozenset[str] = frozenset(
+    {"batch_size", "max_batch_tokens", "device", "dtype", "model"}
+)
 """Settings that change how fast vectors come out, or their rounding, not the embedding space
 (``model`` is a name; the weights themselves are in the space, as ``model_digest``)."""
+
+DEFAULT_MAX_BATCH_TOKENS: dict[str, int] = {"cuda": 16384, "mps": 8192, "cpu": 8192}
+"""``max_batch_tokens=None`` means this budget for the device type (at least ``max_length``)."""
+
+_LEGACY_DIGEST_LENGTH = 16  # tp-rag/1 digests: 16 sampled values per tensor, no tokenizer
 
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
@@ -84,7 +93,10 @@ class TPConfig:
     max_length: int = 512
     """Longest prompt in tokens; longer texts are cut, the template always survives."""
     batch_size: int = 32
-    """Prompts per forward pass."""
+    """Most prompts per forward pass."""
+    max_batch_tokens: int | None = None
+    """Most tokens per forward pass, padding included (batch rows x longest prompt); ``None``
+    means the device's default in ``DEFAULT_MAX_BATCH_TOKENS``. Must be >= ``max_length``."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     dtype: DType = "auto"
@@ -100,10 +112,18 @@ class TPConfig:
             raise ValueError(
                 f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N (N = GPU index), mps"
             )
-        for name in ("max_length", "batch_size"):
+        for name in ("max_length", "batch_size", "max_batch_tokens"):
             value = getattr(self, name)
+            if name == "max_batch_tokens" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
+            raise ValueError(
+                f"max_batch_tokens={self.max_batch_tokens} is smaller than "
+                f"max_length={self.max_length}: one prompt can be max_length tokens long; use "
+                f"max_batch_tokens >= {self.max_length} (or None for the device default)"
+            )
         for name in ("tp_start", "tp_stop", "output_layer"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -207,10 +227,11 @@ class TPConfig:
         """A short stable string that identifies the embedding space.
 
         Two encoders with equal fingerprints give the same vectors up to floating-point rounding:
-        the fingerprint covers the weights (by content digest), the prompt text, clean-up, TP
-        settings, readout layer, pooling, normalisation and ``max_length``. It ignores
-        ``batch_size``, ``device`` and ``dtype``, and the model's name or path (the same weights
-        in another directory are the same model).
+        the fingerprint covers the weights and tokenizer (by content digest, see
+        ``tp_rag.loading.model_digest``), the prompt text, clean-up, TP settings, readout layer,
+        pooling, normalisation and ``max_length``. It ignores ``batch_size``,
+        ``max_batch_tokens``, ``device`` and ``dtype``, and the model's name or path (the same
+        weights in another directory are the same model).
 
         >>> a = TPConfig(model_digest="x", tp_start=1, tp_stop=3, output_layer=4)
         >>> a.fingerprint() == a.replace(batch_size=8).fingerprint()
@@ -221,6 +242,33 @@ class TPConfig:
         canonical = json.dumps(self.space(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
+    def batch_token_budget(self, device_type: str) -> int:
+        """``max_batch_tokens``, or the default for ``device_type`` (``cuda``, ``mps``, ``cpu``),
+        never below ``max_length``.
+
+        >>> TPConfig().batch_token_budget("cpu")
+        8192
+        """
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        default = DEFAULT_MAX_BATCH_TOKENS.get(device_type, DEFAULT_MAX_BATCH_TOKENS["cpu"])
+        return max(default, self.max_length)
+
     def to_dict(self) -> dict[str, Any]:
         """All settings as a JSON-serialisable dict (``TPConfig(**d)`` rebuilds it)."""
         return dataclasses.asdict(self)
+
+
+def outdated_space_advice(recorded: dict[str, Any], collection: str) -> str:
+    """What to do about a store whose recorded settings come from an older fingerprint scheme
+    (``""`` when they do not). Such vectors cannot be checked against a model any more."""
+    digest = recorded.get("model_digest")
+    if not isinstance(digest, str) or len(digest) != _LEGACY_DIGEST_LENGTH:
+        return ""
+    return (
+        f" Collection {collection!r} was made by an older tp-rag whose model digest sampled only "
+        "16 values per weight tensor and ignored the tokenizer, so it cannot prove these vectors "
+        "come from this model. Re-ingest the documents: `tp-rag ingest PATH... --collection "
+        "NEW_NAME`, or delete the old collections (chromadb: client.delete_collection(NAME) and "
+        "NAME-tp-off) and ingest again under the same name."
+    )

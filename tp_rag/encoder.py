@@ -14,24 +14,29 @@ from tqdm.auto import tqdm
 
 from tp_rag import loading
 from tp_rag.config import DEFAULT_MODEL, TPConfig, hidden_states_index
-from tp_rag.presets import default_settings, num_decoder_layers, read_preset_file
-from tp_rag.prompts import PLACEHOLDER, clean_sentence, render, resolve_prompt
+from tp_rag.presets import default_settings, read_preset_file
+from tp_rag.prompts import PLACEHOLDER, RenderedPrompt, clean_sentence, render, resolve_prompt
 from tp_rag.tp import BatchState, ReadoutReached, tp_hooks
 from tp_rag.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
 
 _PROGRESS_MIN_BATCHES = 8  # shorter jobs get no progress bar unless asked
+_TOKENIZE_CHUNK = 1024  # prompts per tokenizer call
 
 
 @dataclass
-class _Features:
-    """One tokenized prompt."""
+class PromptFeatures:
+    """One tokenized prompt, cut to ``max_length``, as the model will see it."""
 
-    input_ids: list[int]
-    text_mask: list[bool]  # tokens that overlap the text (mean pooling)
-    placeholder_index: int  # -1 when TP is off
+    input_ids: np.ndarray
+    """(seq,) int64 token ids."""
+    text_mask: np.ndarray
+    """(seq,) bool: the tokens that overlap the text (what ``pooling="mean"`` averages)."""
+    placeholder_index: int
+    """Position of ``<PST>`` in ``input_ids``; -1 when TP is off."""
     truncated: bool
+    """Whether text tokens were dropped to fit ``max_length``."""
 
 
 class TPEncoder:
@@ -91,7 +96,7 @@ class TPEncoder:
         )
         config = TPConfig(
             **{**default_settings(hf_config), **from_file, **settings, "model": name}
-        ).resolved(num_decoder_layers(hf_config))
+        ).resolved(loading.num_decoder_layers(hf_config))
         device = loading.resolve_device(config.device)
         loaded = loading.load_model(
             name,
@@ -116,8 +121,10 @@ class TPEncoder:
 
     @property
     def dimension(self) -> int:
-        """Width of the vectors."""
-        return int(self._loaded.model.get_input_embeddings().weight.shape[1])
+        """Width of the vectors: of the hidden states read out at ``output_layer`` (which can
+        differ from the input embeddings', e.g. OPT-350m: 512 in and out, 1024 inside)."""
+        assert self.config.output_layer is not None  # resolved in __init__
+        return self._width(self.config.output_layer)
 
     @property
     def tokenizer(self) -> Any:
@@ -227,16 +234,13 @@ class TPEncoder:
         readout = {layer: hidden_states_index(layer, self._num_layers) for layer in layers}
         use_tp = self.config.tp if tp is None else bool(tp)
         templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
-        self._check_max_length(templates)
         if not items:
-            empty = np.zeros((0, self.dimension), dtype=np.float32)
-            return {layer: empty for layer in layers}
-        if self.config.cleans_text:
-            items = [clean_sentence(t) for t in items]
-
-        features = [
-            self._tokenize(text, template, tp=use_tp) for text in items for template in templates
-        ]
+            self._check_max_length(templates)
+            return {
+                layer: np.zeros((0, self._width(index)), dtype=np.float32)
+                for layer, index in readout.items()
+            }
+        features = self.tokenize(items, tp=use_tp, prompt=prompt)
         per_text = len(templates)
         truncated = sum(
             any(f.truncated for f in features[i : i + per_text])
@@ -267,12 +271,38 @@ class TPEncoder:
             result[layer] = vectors[0] if single else vectors
         return result
 
+    def tokenize(
+        self,
+        texts: str | Sequence[str],
+        *,
+        tp: bool | None = None,
+        prompt: str | None = None,
+    ) -> list[PromptFeatures]:
+        """The model inputs for ``texts``: each text cleaned up, put into each template, and
+        tokenized (one tokenizer call per 1,024 prompts), with only the text cut to fit
+        ``max_length``. Text-major order: a text's prompts (8 for MetaEOL) are adjacent.
+
+        This is the whole of ``encode`` outside the forward pass (benchmarks time it alone).
+
+        >>> enc.tokenize("A man plays a guitar.")[0].input_ids  # doctest: +SKIP
+        array([    1,   910, 10541,   584, 32000,   376, ...])
+        """
+        items = _check_texts(texts)
+        use_tp = self.config.tp if tp is None else bool(tp)
+        templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
+        self._check_max_length(templates)
+        if self.config.cleans_text:
+            items = [clean_sentence(t) for t in items]
+        prompts = [render(template, text, tp=use_tp) for text in items for template in templates]
+        return self._tokenize_prompts(prompts)
+
     def _check_max_length(self, templates: tuple[str, ...]) -> None:
         if templates in self._fitting_templates:
             return
         for template in templates:
             for tp in (True, False):
-                length = len(self._tokenize("", template, tp=tp, truncate=False).input_ids)
+                prompts = [render(template, "", tp=tp)]
+                length = len(self._tokenize_prompts(prompts, truncate=False)[0].input_ids)
                 if length >= self.config.max_length:
                     raise ValueError(
                         f"max_length={self.config.max_length} leaves no room for text: the "
@@ -281,46 +311,69 @@ class TPEncoder:
                     )
         self._fitting_templates.add(templates)
 
-    def _tokenize(self, text: str, template: str, *, tp: bool, truncate: bool = True) -> _Features:
-        """Tokenize the whole prompt (so ids equal the tokenizer's own), then cut only text."""
-        prompt = render(template, text, tp=tp)
-        encoding = self.tokenizer(prompt.text, return_offsets_mapping=True)
-        ids: list[int] = encoding["input_ids"]
-        offsets: list[tuple[int, int]] = encoding["offset_mapping"]
-        start, end = prompt.text_span
-        inside = [s >= start and e <= end and e > s for s, e in offsets]
-        overlaps = [s < end and e > start for s, e in offsets]
+    def _tokenize_prompts(
+        self, prompts: list[RenderedPrompt], *, truncate: bool = True
+    ) -> list[PromptFeatures]:
+        """Tokenize whole prompt strings (so ids equal the tokenizer's own), then cut only text.
 
+        Which tokens belong to the text, and which is ``<PST>``, comes from character offsets.
+        A SentencePiece token's span starts at its ``▁``, so ``▁<PST>`` (Llama-2) spans the
+        space before the placeholder: ``<PST>`` is the placeholder-id token whose span holds
+        the placeholder's first character.
+        """
+        features = []
+        for start in range(0, len(prompts), _TOKENIZE_CHUNK):
+            chunk = prompts[start : start + _TOKENIZE_CHUNK]
+            encoding = self.tokenizer([p.text for p in chunk], return_offsets_mapping=True)
+            for prompt, ids, offsets in zip(
+                chunk, encoding["input_ids"], encoding["offset_mapping"], strict=True
+            ):
+                spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+                features.append(
+                    self._features(prompt, np.asarray(ids, dtype=np.int64), spans, truncate)
+                )
+        return features
+
+    def _features(
+        self, prompt: RenderedPrompt, ids: np.ndarray, spans: np.ndarray, truncate: bool
+    ) -> PromptFeatures:
+        starts, ends = spans[:, 0], spans[:, 1]  # (seq,) character offsets into prompt.text
+        text_start, text_end = prompt.text_span
+        overlaps = (starts < text_end) & (ends > text_start)
         excess = len(ids) - self.config.max_length if truncate else 0
-        if excess > 0:
-            cut = {i for i, is_text in enumerate(inside) if is_text}
-            keep_text = sorted(cut)[: max(len(cut) - excess, 0)]
-            drop = cut - set(keep_text)
-            keep = [i for i in range(len(ids)) if i not in drop]
-            ids, offsets, overlaps = (
-                [ids[i] for i in keep],
-                [offsets[i] for i in keep],
-                [overlaps[i] for i in keep],
-            )
+        if excess > 0:  # drop the text's last tokens (those wholly inside it), keep the template
+            inside = (starts >= text_start) & (ends <= text_end) & (ends > starts)
+            keep = ~(inside & (np.cumsum(inside) > inside.sum() - excess))
+            ids, starts, ends, overlaps = ids[keep], starts[keep], ends[keep], overlaps[keep]
 
         placeholder_index = -1
         if prompt.placeholder_start is not None:
-            matches = [
-                i
-                for i, (token, (s, _)) in enumerate(zip(ids, offsets, strict=True))
-                if token == self._loaded.placeholder_id and s == prompt.placeholder_start
-            ]
+            at = prompt.placeholder_start
+            matches = np.flatnonzero(
+                (ids == self._loaded.placeholder_id) & (starts <= at) & (ends > at)
+            )
             if len(matches) != 1:
                 raise RuntimeError(
                     f"the tokenizer did not keep {PLACEHOLDER} as one "
                     f"token in {prompt.text!r}; please report this with the model name"
                 )
-            placeholder_index = matches[0]
-        return _Features(ids, overlaps, placeholder_index, truncated=excess > 0)
+            placeholder_index = int(matches[0])
+        return PromptFeatures(ids, overlaps, placeholder_index, truncated=excess > 0)
 
+    def _width(self, index: int) -> int:
+        """Vector width at ``hidden_states`` index ``index`` (one tiny forward pass, cached)."""
+        index = hidden_states_index(index, self._num_layers)
+        widths = self._loaded.widths
+        if index not in widths:
+            prompts = [render(self.config.templates[0], "", tp=False)]
+            features = self._tokenize_prompts(prompts, truncate=False)
+            self._run(features, readout_layers=[index], tp=False, batch_size=1, show_progress=False)
+        return widths[index]
+
+    @torch.inference_mode()
     def _run(
         self,
-        features: list[_Features],
+        features: list[PromptFeatures],
         *,
         readout_layers: list[int],
         tp: bool,
@@ -329,14 +382,13 @@ class TPEncoder:
     ) -> dict[int, np.ndarray]:
         """Forward the prompts in length-sorted batches; pooled vectors per layer, input order."""
         loaded = self._loaded
-        order = sorted(range(len(features)), key=lambda i: -len(features[i].input_ids))
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        max_tokens = self.config.batch_token_budget(loaded.device.type)
+        batches = token_budget_batches(
+            [len(f.input_ids) for f in features], max_texts=batch_size, max_tokens=max_tokens
+        )
         if show_progress is None:
             show_progress = len(batches) >= _PROGRESS_MIN_BATCHES
-        out = {
-            layer: np.empty((len(features), self.dimension), dtype=np.float32)
-            for layer in readout_layers
-        }
+        out: dict[int, np.ndarray] = {}
         state = BatchState(on_readout=lambda layer, hidden: None)
         assert self.config.tp_start is not None and self.config.tp_stop is not None
         tp_layers = range(self.config.tp_start, self.config.tp_stop) if tp else range(0)
@@ -347,24 +399,30 @@ class TPEncoder:
             for batch in tqdm(batches, desc="Batches", disable=not show_progress):
                 pooled = self._forward([features[i] for i in batch], state)
                 for layer, vectors in pooled.items():
+                    if layer not in out:
+                        loaded.widths[layer] = vectors.shape[1]
+                        out[layer] = np.empty((len(features), vectors.shape[1]), np.float32)
                     out[layer][batch] = vectors
         return out
 
-    def _forward(self, batch: list[_Features], state: BatchState) -> dict[int, np.ndarray]:
+    def _forward(self, batch: list[PromptFeatures], state: BatchState) -> dict[int, np.ndarray]:
         """One left-padded batch through the model up to the deepest readout layer, pooled."""
         loaded = self._loaded
         width = max(len(f.input_ids) for f in batch)
         pad_id = loaded.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        text_mask = torch.zeros((len(batch), width), dtype=torch.bool)
-        placeholder = torch.zeros(len(batch), dtype=torch.long)
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        text_mask = np.zeros((len(batch), width), dtype=bool)
+        placeholder = np.zeros(len(batch), dtype=np.int64)
         for row, f in enumerate(batch):
             pad = width - len(f.input_ids)
-            input_ids[row, pad:] = torch.tensor(f.input_ids)
+            input_ids[row, pad:] = f.input_ids
             attention_mask[row, pad:] = 1
-            text_mask[row, pad:] = torch.tensor(f.text_mask)
+            text_mask[row, pad:] = f.text_mask
             placeholder[row] = pad + f.placeholder_index
+        input_ids, attention_mask, text_mask, placeholder = map(
+            torch.from_numpy, (input_ids, attention_mask, text_mask, placeholder)
+        )
         # Positions count real tokens only, so a left-padded row sees the same positions as
         # when it is alone (absolute-position models such as GPT-2 depend on this).
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -395,6 +453,30 @@ class TPEncoder:
         finally:
             state.placeholder_positions = None
         return pooled
+
+
+def token_budget_batches(
+    lengths: Sequence[int], *, max_texts: int, max_tokens: int
+) -> list[list[int]]:
+    """Group prompts (given by their lengths in tokens) into batches, longest first, each of at
+    most ``max_texts`` prompts and ``max_tokens`` tokens counting padding (rows x the longest).
+
+    Short prompts fill big batches; long ones make small batches, so the memory of a batch is
+    bounded whatever the lengths. A prompt longer than ``max_tokens`` goes alone.
+
+    >>> token_budget_batches([10, 300, 12, 290], max_texts=32, max_tokens=600)
+    [[1, 3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable for equal lengths
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        # Sorted longest first: a batch is as wide as its first prompt.
+        if batch and len(batch) < max_texts and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _check_texts(texts: Any) -> list[str]:

@@ -8,14 +8,20 @@ weak references, so a model is freed when the last encoder using it is gone.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import threading
 import weakref
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
@@ -23,7 +29,6 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from tp_rag.presets import num_decoder_layers
 from tp_rag.prompts import PLACEHOLDER
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
@@ -41,10 +46,13 @@ class LoadedModel:
     layers: nn.ModuleList
     placeholder_id: int
     digest: str
+    """``model_digest``: the checkpoint's weights and tokenizer (see ``model_digest``)."""
     device: torch.device
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held during a forward pass: hooks live on the shared modules."""
+    widths: dict[int, int] = field(default_factory=dict)
+    """Vector width per ``hidden_states`` index, as read out (filled on first use)."""
 
 
 _cache: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
@@ -93,6 +101,11 @@ def load_config(
         ) from error
     check_decoder_only(config, name_or_path)
     return config
+
+
+def num_decoder_layers(config: PretrainedConfig) -> int:
+    """The number of decoder layers of a Hugging Face model config."""
+    return int(config.get_text_config().num_hidden_layers)
 
 
 def check_decoder_only(config: PretrainedConfig, name_or_path: str) -> None:
@@ -161,18 +174,110 @@ class _HeadlessLoadFilter(logging.Filter):
         )
 
 
-def _weights_digest(model: nn.Module) -> str:
-    """A content digest of the weights: the first values of every tensor, rounded to bfloat16.
+def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over every value of every tensor, floating-point values rounded to bfloat16.
 
-    Rounding makes the digest the same whether a checkpoint is loaded in float32 or bfloat16.
+    The rounding makes the digest the same whether a checkpoint is loaded in float32 or
+    bfloat16, on any device: a bfloat16 checkpoint loaded in float32 holds exactly its bfloat16
+    values, and a float32 checkpoint loaded in bfloat16 holds them rounded the same way. Any
+    change that alters a bfloat16 value changes the digest (a fine-tune, a merged LoRA at 1e-3
+    relative size, one edited embedding row); only a change below bfloat16's resolution in every
+    value (relative 2**-9) goes unseen, and such weights are identical in bfloat16. A float16
+    load of a checkpoint stored in another precision can differ (float16 cannot hold every
+    bfloat16 value). Tensors are hashed in parallel threads; the result does not depend on how
+    many.
+
+    >>> weights_digest(model.state_dict().items())  # doctest: +SKIP
+    '3f2a...'
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        sample = tensor.detach().flatten()[:16].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+
+    def tensor_hash(item: tuple[str, torch.Tensor]) -> bytes:
+        name, tensor = item
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            tensor = tensor.to("cpu", torch.bfloat16).view(torch.int16)
+        digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.to("cpu").contiguous().flatten().numpy().view("uint8"))
+        return digest.digest()  # hashlib and the conversion release the GIL
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        hashes = pool.map(tensor_hash, sorted(named_tensors, key=lambda item: item[0]))
+        return hashlib.sha256(b"".join(hashes)).hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """sha256 of the tokenizer's whole pipeline as serialised by the tokenizers library
+    (``tokenizer.json``: vocabulary, merges, added tokens, normalizer, pre-tokenizer,
+    post-processor, decoder). Take it right after loading: calls can change its padding and
+    truncation state."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
+def model_digest(model: nn.Module, tokenizer: Any) -> str:
+    """The checkpoint's identity for ``TPConfig.model_digest`` (32 hex characters): its weights
+    (``weights_digest``) and its tokenizer (``tokenizer_digest``), before ``<PST>`` is added."""
+    weights = weights_digest(model.state_dict().items())
+    combined = f"weights:{weights}|tokenizer:{tokenizer_digest(tokenizer)}"
+    return hashlib.sha256(combined.encode()).hexdigest()[:32]
+
+
+def _tokenizer_file(name_or_path: str, revision: str | None) -> str | None:
+    """The checkpoint's ``tokenizer.json``, if it has one (hub files: from the local cache,
+    where ``AutoTokenizer`` has just put it)."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        path = local / "tokenizer.json"
+        return str(path) if path.is_file() else None
+    cached = try_to_load_from_cache(name_or_path, "tokenizer.json", revision=revision)
+    return cached if isinstance(cached, str) else None
+
+
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The checkpoint's tokenizer, splitting text exactly as its own ``tokenizer.json`` says.
+
+    transformers 5 rebuilds the text pipeline of some tokenizer classes (Llama, Gemma, ...) from
+    the class's definition and keeps only the vocabulary, merges and post-processor of
+    ``tokenizer.json``; transformers 4, which the authors' code pins, used the file as written.
+    For files written in an older scheme this changes the ids. Llama-2's ``tokenizer.json``
+    normalises with ``Prepend("▁")`` + ``Replace(" ", "▁")``; the tokenizers library
+    normalises an added token's own text with the same normalizer, so ``<PST>`` is matched as
+    ``"▁<PST>"`` and takes the space before it. transformers 5's rebuilt ``LlamaTokenizer`` has no
+    normalizer but a ``Metaspace`` pre-tokenizer, which leaves that space as a lone ``▁`` token
+    (id 29871) before ``<PST>``. So the file's normalizer, pre-tokenizer and decoder replace the
+    rebuilt ones wherever they differ; this must happen before ``<PST>`` is added.
+
+    >>> load_tokenizer("/models/Llama-2-7b-hf")("a <PST> b")  # doctest: +SKIP
+    """
+    tokenizer = AutoTokenizer.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    path = _tokenizer_file(name_or_path, revision)
+    if path is None or not getattr(tokenizer, "is_fast", False):
+        return tokenizer
+    written = _pipeline_of(path)
+    backend = tokenizer.backend_tokenizer
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        ours, theirs = getattr(backend, part), getattr(written, part)
+        if _component_state(ours) != _component_state(theirs):
+            setattr(backend, part, theirs)  # also re-normalises the tokens added so far
+    return tokenizer
+
+
+def _pipeline_of(path: str) -> Tokenizer:
+    """A tokenizer with the text pipeline of ``path`` and a one-token vocabulary (parsing the
+    real vocabulary again would cost seconds for the large ones)."""
+    with open(path, encoding="utf-8") as file:
+        state = json.load(file)
+    state["added_tokens"] = []
+    state["model"] = {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}
+    state["post_processor"] = None  # it may name special tokens the stub vocabulary lacks
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _component_state(component: Any) -> Any:
+    return None if component is None else json.loads(component.__getstate__())
 
 
 def load_model(
@@ -225,7 +330,7 @@ def _load_uncached(
     global load_count
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **common)
+        tokenizer = load_tokenizer(name_or_path, **common)
         # AutoModel gives the base decoder: the LM head is never loaded, let alone run.
         report_logger = logging.getLogger("transformers.modeling_utils")
         head_filter = _HeadlessLoadFilter()
@@ -250,6 +355,7 @@ def _load_uncached(
         )
     load_count += 1
     model.eval()
+    digest = model_digest(model, tokenizer)  # on the CPU, before moving to the device
     placeholder_id = _add_placeholder(model, tokenizer)
     model.to(device)
     return LoadedModel(
@@ -257,7 +363,7 @@ def _load_uncached(
         tokenizer=tokenizer,
         layers=find_decoder_layers(model, num_decoder_layers(config)),
         placeholder_id=placeholder_id,
-        digest=_weights_digest(model),
+        digest=digest,
         device=device,
         dtype=dtype,
     )

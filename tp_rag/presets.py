@@ -17,6 +17,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from tp_rag.loading import num_decoder_layers
+
 
 @dataclass(frozen=True)
 class PublishedPreset:
@@ -72,11 +74,6 @@ PUBLISHED_PRESETS: tuple[PublishedPreset, ...] = (
         {"prompt": "pcot", "tp_start": 1, "tp_stop": 6, "output_layer": -2},
     ),
 )
-
-
-def num_decoder_layers(config: PretrainedConfig) -> int:
-    """The number of decoder layers of a Hugging Face model config."""
-    return int(config.get_text_config().num_hidden_layers)
 
 
 def match_published(config: PretrainedConfig) -> PublishedPreset | None:

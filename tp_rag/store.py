@@ -197,7 +197,7 @@ class TPStore:
         return collection
 
     def _check(self, collection: Any, fingerprint: str, settings: dict[str, Any]) -> None:
-        from tp_rag.config import TPConfig
+        from tp_rag.config import TPConfig, outdated_space_advice
 
         metadata = collection.metadata or {}
         stored = metadata.get(_FINGERPRINT)
@@ -223,7 +223,7 @@ class TPStore:
             f"{fingerprint} ({describe_settings(settings)}); they differ in "
             f"{'; '.join(differ) or 'the method version'}. Vectors from different embedding "
             "spaces must not mix: use the settings the collection was built with, or another "
-            "collection name."
+            "collection name." + outdated_space_advice(recorded, collection.name)
         )
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ ENCODER_OPTIONS = (
     "pooling",
     "max_length",
     "batch_size",
+    "max_batch_tokens",
     "device",
     "dtype",
 )
@@ -65,6 +66,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pooling", choices=POOLINGS, default=None)
     group.add_argument("--max-length", type=int, default=None)
     group.add_argument("--batch-size", type=int, default=None)
+    group.add_argument(
+        "--max-batch-tokens", type=int, default=None, help="tokens per batch (default: device's)"
+    )
     group.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", choices=DTYPES, default=None)
     group.add_argument(
