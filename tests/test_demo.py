@@ -299,6 +299,7 @@ def test_uploads_are_deleted_once_processed(
 ) -> None:
     """Files uploaded for /ingest and /evaluate do not stay in Gradio's upload folder after
     the request (up to 20 MB each would pile up otherwise)."""
+    import uuid
     import zipfile
 
     from gradio.utils import get_upload_folder
@@ -306,14 +307,15 @@ def test_uploads_are_deleted_once_processed(
 
     url, _ = served
     client = Client(url, verbose=False)
-    marker = tmp_path / "upload-7f3a9c.md"
+    tag = uuid.uuid4().hex[:12]  # names no other run has uploaded
+    marker = tmp_path / f"upload-{tag}.md"
     marker.write_text(uploads[0].read_text())
     client.predict([handle_file(str(marker))], api_name="/ingest")
-    archive = tmp_path / "beir-7f3a9c.zip"
+    archive = tmp_path / f"beir-{tag}.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("corpus.jsonl", '{"_id": "d1", "text": "about wings"}\n')
         zipped.writestr("queries.jsonl", '{"_id": "q1", "text": "wings"}\n')
         zipped.writestr("qrels/test.tsv", "q1\td1\t1\n")
     client.predict("Uploaded BEIR folder or zip", [handle_file(str(archive))], api_name="/evaluate")
-    left = [p.name for p in Path(get_upload_folder()).rglob("*7f3a9c*")]
+    left = [p.name for p in Path(get_upload_folder()).rglob(f"*{tag}*")]
     assert left == []
