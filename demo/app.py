@@ -230,6 +230,19 @@ def _user_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def _remove_uploads(files: Sequence[str | Path] | None) -> None:
+    """Delete uploaded files from Gradio's upload folder once they have been processed."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    for file in files or []:
+        path = Path(file).resolve()
+        if folder in path.parents:  # only Gradio's copies, never a file of the user's own
+            path.unlink(missing_ok=True)
+            if path.parent != folder and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+
+
 def build_app(demo: Demo) -> gr.Blocks:
     """The ``gr.Blocks`` app: tabs Ingest, Compare and Evaluate over ``demo``'s handlers.
 
@@ -244,7 +257,10 @@ def build_app(demo: Demo) -> gr.Blocks:
 
     @_user_errors
     def on_ingest(files: list[str] | None, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008
-        return demo.ingest_files(files, progress)
+        try:
+            return demo.ingest_files(files, progress)
+        finally:
+            _remove_uploads(files)
 
     @_user_errors
     def on_sample(progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008
@@ -260,7 +276,10 @@ def build_app(demo: Demo) -> gr.Blocks:
         files: list[str] | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-        return demo.evaluate(choice, files, progress)
+        try:
+            return demo.evaluate(choice, files, progress)
+        finally:
+            _remove_uploads(files)
 
     last_tp = config.tp_stop - 1
     layers = (
@@ -269,7 +288,11 @@ def build_app(demo: Demo) -> gr.Blocks:
         else f"TP before layers {config.tp_start}–{last_tp}"
     )
 
-    with gr.Blocks(title="tp-rag: retrieval with Token Prepending on and off") as app:
+    # Uploads are deleted once processed; delete_cache also clears, every hour, any left
+    # over for an hour (uploaded but never processed).
+    with gr.Blocks(
+        title="tp-rag: retrieval with Token Prepending on and off", delete_cache=(3600, 3600)
+    ) as app:
         gr.Markdown(
             "# tp-rag: retrieval with Token Prepending on and off\n"
             f"Model `{config.model}` · {layers} · readout layer {config.output_layer} · "

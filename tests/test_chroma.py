@@ -275,3 +275,124 @@ def test_loading_options_inside_model_kwargs_are_refused(tiny_llama: Path) -> No
     """``model_kwargs`` is for ``AutoModel`` only: a loading option inside it is named."""
     with pytest.raises(TypeError, match=r"trust_remote_code.*pass them directly"):
         TPEmbeddingFunction(str(tiny_llama), model_kwargs={"trust_remote_code": False})
+
+
+# A model folder with its own Python: loading it with trust_remote_code=True imports these
+# files, which leave a marker file behind (the path comes from the environment).
+_REMOTE_CONFIG = """
+import os
+from pathlib import Path
+
+from transformers import LlamaConfig
+
+Path(os.environ["TP_RAG_TEST_MARKER"]).write_text(str(os.getpid()))
+
+
+class RemoteConfig(LlamaConfig):
+    pass
+"""
+_REMOTE_MODEL = """
+from transformers import LlamaModel
+
+from .configuration_remote import RemoteConfig
+
+
+class RemoteModel(LlamaModel):
+    config_class = RemoteConfig
+"""
+
+
+@pytest.fixture
+def remote_code_model(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the tiny Llama whose config points at Python files in its folder."""
+    import shutil
+
+    folder = tmp_path / "remote-model"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_remote.RemoteConfig",
+        "AutoModel": "modeling_remote.RemoteModel",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_remote.py").write_text(_REMOTE_CONFIG)
+    (folder / "modeling_remote.py").write_text(_REMOTE_MODEL)
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setenv("TP_RAG_TEST_MARKER", str(tmp_path / "ran"))
+    return folder
+
+
+def test_a_stored_collection_cannot_switch_on_remote_code(
+    remote_code_model: Path, tmp_path: Path
+) -> None:
+    """A collection written with ``trust_remote_code=True`` does not run the model folder's
+    Python in a reader's process: reopening it is refused with the way to opt in, and the
+    opt-in (``TP_RAG_TRUST_REMOTE_CODE=1``) works."""
+    marker = tmp_path / "ran"
+    writer = TPEmbeddingFunction(str(remote_code_model), trust_remote_code=True)
+    assert marker.exists()  # the writer asked for it, in its own process
+    marker.unlink()
+    db = tmp_path / "db"
+    collection = chromadb.PersistentClient(str(db)).create_collection(
+        "docs", embedding_function=writer
+    )
+    collection.add(ids=list(DOCS), documents=list(DOCS.values()))
+    code = """
+        import sys
+        import chromadb
+        import tp_rag.chroma
+
+        collection = chromadb.PersistentClient(sys.argv[1]).get_collection("docs")
+        print(collection.query(query_texts=["Who plays music?"], n_results=1)["ids"])
+        """
+    refused = _run_python(code, str(db))
+    assert refused.returncode != 0
+    assert not marker.exists(), "the reader's process ran the model folder's code"
+    assert "trust_remote_code=True" in refused.stderr
+    assert "TP_RAG_TRUST_REMOTE_CODE=1" in refused.stderr
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TP_RAG_TRUST_REMOTE_CODE": "1"}
+    allowed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"trust_remote_code": True},  # the current, flat layout
+        {"model_kwargs": {"trust_remote_code": True}},  # tp-rag 0.1: nested in model_kwargs
+        {"model_kwargs": {"code_revision": "x", "trust_remote_code": False}},
+        {"model_kwargs": {"weights_only": False}},  # pickled weights run code when unpickled
+        {"model_kwargs": {"use_kernels": True}},
+    ],
+)
+def test_stored_options_that_run_code_need_the_readers_opt_in(
+    remote_code_model: Path,
+    tiny_llama: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stored: dict,
+) -> None:
+    """Every stored way to enable code (either config layout, any model_kwargs that runs or
+    fetches code) is refused before anything is loaded, unless the reader opted in."""
+    monkeypatch.delenv("TP_RAG_TRUST_REMOTE_CODE", raising=False)
+    config = {**TPEmbeddingFunction(str(tiny_llama)).get_config(), **stored}
+    config["model"] = str(remote_code_model)
+    with pytest.raises(PermissionError, match="TP_RAG_TRUST_REMOTE_CODE=1"):
+        TPEmbeddingFunction.build_from_config(config)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_preset_file_cannot_carry_loading_options(tiny_llama: Path, tmp_path: Path) -> None:
+    """A preset file holds settings only: loading options in it are refused, not obeyed."""
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"tp_stop": 2, "trust_remote_code": True}))
+    with pytest.raises(TypeError, match="trust_remote_code"):
+        TPEncoder.from_pretrained(tiny_llama, preset=preset)

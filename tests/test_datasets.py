@@ -266,3 +266,102 @@ def test_real_cranfield_has_its_documented_size(shared_dir: Path) -> None:
     data = read_beir(shared_dir / "data" / "retrieval" / "cranfield")
     assert len(data.documents) == 1400 and len(data.queries) == 225
     assert sum(len(docs) for docs in data.qrels.values()) == 1837
+
+
+_RSS_SCRIPT = """
+import json, resource, sys
+from tp_rag.datasets import read_beir_upload
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    limit = {} if sys.argv[2] == "default" else {"max_unzipped": int(sys.argv[2])}
+    read_beir_upload([sys.argv[1]], **limit)
+    error = None
+except ValueError as caught:
+    error = str(caught)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"error": error, "grown_mib": grown / 1024}))
+"""
+
+
+def _zip_of_zeros(path: Path, size: int, *, declare: int | None = None) -> Path:
+    """A zip whose corpus.jsonl holds ``size`` zero bytes (deflated ~1000:1), stored with
+    ``declare`` as its size in both headers when given (a lying zip)."""
+    import struct
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("queries.jsonl", '{"_id": "q1", "text": "q"}\n')
+        archive.writestr("qrels/test.tsv", "q1\td1\t1\n")
+        with archive.open("corpus.jsonl", "w") as member:
+            block = bytes(1024**2)
+            for _ in range(size // len(block)):
+                member.write(block)
+        info = archive.getinfo("corpus.jsonl")
+    if declare is not None:
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<I", data, info.header_offset + 22, declare)  # local header
+        central = data.rindex(b"PK\x01\x02\x14")  # corpus.jsonl's entry: the last one written
+        assert data[central + 46 : central + 46 + 12] == b"corpus.jsonl"
+        struct.pack_into("<I", data, central + 24, declare)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def _read_in_subprocess(archive: Path, limit: int | None) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(archive), str(limit or "default")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_zip_that_lies_about_its_size_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """A member declaring 100 bytes but holding 256 MiB is refused without being unpacked
+    whole: the process grows by a few MiB, not by the member's real size."""
+    archive = _zip_of_zeros(tmp_path / "liar.zip", 256 * 1024**2, declare=100)
+    assert archive.stat().st_size < 2 * 1024**2
+    out = _read_in_subprocess(archive, None)  # the default limit, 512 MiB
+    assert out["error"] is not None and "liar.zip" in out["error"]
+    assert out["grown_mib"] < 64, out
+
+
+def test_a_high_ratio_zip_is_refused_at_the_limit_in_bounded_memory(tmp_path: Path) -> None:
+    """An honest member over the limit is refused before unpacking; one under the limit is
+    read in bounded chunks; the limit covers the whole archive, whatever the headers say."""
+    archive = _zip_of_zeros(tmp_path / "bomb.zip", 64 * 1024**2)
+    out = _read_in_subprocess(archive, 16 * 1024**2)
+    assert "unpacks to more than 16 MB" in out["error"]
+    assert out["grown_mib"] < 16, out
+    # The chunked reader itself stops at the archive's budget even when headers understate.
+    with pytest.raises(ValueError, match="unpacks to more than"):
+        datasets._unzip(archive, "corpus.jsonl", [4 * 1024**2], 4 * 1024**2)
+
+
+def test_qrels_judging_documents_missing_from_the_corpus(tmp_path: Path) -> None:
+    """Judged documents absent from the corpus are warned about (count and examples); a
+    set where no judged document is in the corpus is refused instead of scoring 0."""
+    write_beir(tmp_path / "some")
+    _write(tmp_path / "some" / "qrels" / "test.tsv", ["q1\td1\t1", "q2\tgone7\t1", "q3\tx9\t1"])
+    with pytest.warns(UserWarning, match=r"judges 2 of 3 documents .*missing.*gone7, x9"):
+        data = read_beir(tmp_path / "some")
+    assert data.query_ids == ("q1", "q2", "q3")
+
+    write_beir(tmp_path / "none")
+    _write(tmp_path / "none" / "qrels" / "test.tsv", ["q1\tother1\t1", "q2\tother2\t1"])
+    with pytest.raises(ValueError, match=r"none of the 2 documents judged .* belong together"):
+        read_beir(tmp_path / "none")
+
+    write_beir(tmp_path / "positives")  # only the non-relevant labels point into the corpus
+    _write(tmp_path / "positives" / "qrels" / "test.tsv", ["q1\td1\t0", "q2\tgone\t1"])
+    with pytest.warns(UserWarning):
+        data = read_beir(tmp_path / "positives")
+    with pytest.raises(ValueError, match="none of the 1 documents judged in its positive"):
+        relevant_only(data)

@@ -292,3 +292,30 @@ def test_tp_rag_demo_command_serves_the_app(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_uploads_are_deleted_once_processed(
+    served: tuple[str, Any], uploads: list[Path], tmp_path: Path
+) -> None:
+    """Files uploaded for /ingest and /evaluate do not stay in Gradio's upload folder after
+    the request (up to 20 MB each would pile up otherwise)."""
+    import uuid
+    import zipfile
+
+    from gradio.utils import get_upload_folder
+    from gradio_client import Client, handle_file
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    tag = uuid.uuid4().hex[:12]  # names no other run has uploaded
+    marker = tmp_path / f"upload-{tag}.md"
+    marker.write_text(uploads[0].read_text())
+    client.predict([handle_file(str(marker))], api_name="/ingest")
+    archive = tmp_path / f"beir-{tag}.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("corpus.jsonl", '{"_id": "d1", "text": "about wings"}\n')
+        zipped.writestr("queries.jsonl", '{"_id": "q1", "text": "wings"}\n')
+        zipped.writestr("qrels/test.tsv", "q1\td1\t1\n")
+    client.predict("Uploaded BEIR folder or zip", [handle_file(str(archive))], api_name="/evaluate")
+    left = [p.name for p in Path(get_upload_folder()).rglob(f"*{tag}*")]
+    assert left == []

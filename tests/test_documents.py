@@ -168,3 +168,34 @@ def test_invalid_chunk_sizes_are_refused(size: int, overlap: int) -> None:
     """Sizes must be positive and the overlap smaller than the size."""
     with pytest.raises(ValueError, match="chunk_"):
         check_chunking(size, overlap)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_text_with_a_byte_order_mark_is_decoded(tmp_path: Path, encoding: str) -> None:
+    """UTF-16 and UTF-32 text files (as Windows editors save them, with a BOM) are read, not
+    taken for binary files; HTML too."""
+    text = "Tides come twice a day. Café."
+
+    def with_bom(content: str) -> bytes:  # "utf-16-be" writes no BOM of its own
+        if encoding.endswith("-be"):
+            content = "\ufeff" + content
+        return content.encode(encoding)
+
+    (tmp_path / "a.txt").write_bytes(with_bom(text))
+    (tmp_path / "b.html").write_bytes(with_bom(f"<html><body><p>{text}</p></body></html>"))
+    assert read_document(tmp_path / "a.txt") == text
+    assert read_document(tmp_path / "b.html") == text
+
+
+def test_a_fifo_named_on_the_command_line_is_reported_as_such(tmp_path: Path) -> None:
+    """A named pipe given as a path is skipped as what it is (reading it would block), not as
+    'no such file'; a device file likewise."""
+    import os
+
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    files, skipped = find_files([fifo, "/dev/null"])
+    assert files == []
+    reasons = dict(skipped)
+    assert "named pipe (FIFO)" in reasons[str(fifo)]
+    assert "character device" in reasons["/dev/null"]

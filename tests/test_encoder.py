@@ -62,6 +62,29 @@ def test_none_is_a_type_error(encoder: TPEncoder) -> None:
         encoder.encode(None)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("texts", "name"),
+    [({"a": 1}, "dict"), (b"some bytes", "bytes"), (bytearray(b"x"), "bytearray")],
+)
+def test_mappings_and_bytes_are_refused_naming_the_type(
+    encoder: TPEncoder, texts: object, name: str
+) -> None:
+    """A dict is not a list of its keys and bytes are not a list of ints: both are refused
+    with a TypeError naming the type and what to pass."""
+    with pytest.raises(TypeError, match=rf"not {name}; (decode|pass list)"):
+        encoder.encode(texts)  # type: ignore[arg-type]
+
+
+def test_a_lone_surrogate_is_refused_naming_the_text(encoder: TPEncoder) -> None:
+    """A lone surrogate (not valid Unicode) is named with its text's index and position."""
+    with pytest.raises(
+        ValueError,
+        match=r"texts\[2\] holds a lone surrogate '\\ud800' at "
+        r"character 3",
+    ):
+        encoder.encode(["fine", "also fine", "bad\ud800 text"])
+
+
 def test_order_is_restored_after_length_sorting(encoder: TPEncoder) -> None:
     """Batches are sorted by length internally; results come back in input order."""
     texts = [SHORT[0], LONG[0], SHORT[1], LONG[1], SHORT[2]]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +292,213 @@ def test_cli_ingest_loads_the_model_once(
     args = ["ingest", str(corpus), "--collection", "once", "--db", "db", "--model", "fresh"]
     assert main([*args, "--device", "cpu"]) == 0
     assert loading.load_count - before == 1
+
+
+# --- several writers, a server that dies, pruning ----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(port: int, server: subprocess.Popen) -> None:
+    """Wait until the Chroma server on ``port`` answers (fail if it exits or takes 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connect(host="127.0.0.1", port=port).heartbeat()
+            return
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
+_HOLD_LOCK = """
+import sys, time
+from tp_rag.store import connect, write_lock
+
+with write_lock(connect(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_to_a_folder_is_refused_and_a_dead_ones_lock_is_free(
+    tmp_path: Path, corpus: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While one process writes to an embedded folder, `tp-rag ingest` on it stops at once
+    with exit 2, naming the folder and the writer's pid (no embedding done twice); once that
+    writer is killed with SIGKILL, its lock no longer blocks anyone."""
+    db = tmp_path / "db"
+    args = ["ingest", str(corpus), "--collection", "docs", "--db", str(db)]
+    args += ["--model", str(tiny_llama), "--device", "cpu"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(args) == 2
+        error = capsys.readouterr().err
+        assert f"another ingest is writing to {db} (pid {holder.pid})" in error
+        assert "Chroma server" in error
+        holder.kill()
+        holder.wait(timeout=30)
+        assert main(args) == 0
+        assert "3 files (3 new or changed" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+@pytest.mark.slow  # two processes load torch and the model side by side: ~30-50 s on 2 cores
+def test_two_ingests_started_together_on_a_fresh_folder(
+    tmp_path: Path, corpus: Path, tiny_llama: Path, encoder: TPEncoder
+) -> None:
+    """Two `tp-rag ingest` processes on a fresh folder: no raw Chroma error; each one either
+    finishes or is refused cleanly (exit 2), and the store ends up exactly complete."""
+    db = tmp_path / "db"
+    command = [sys.executable, "-m", "tp_rag", "ingest", str(corpus), "--collection", "docs"]
+    command += ["--db", str(db), "--model", str(tiny_llama), "--device", "cpu", "--chunk-size"]
+    command += ["24", "--chunk-overlap", "4"]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]  # type: ignore[union-attr]
+    for code, error in results:
+        assert "Traceback" not in error, error
+        assert code == 0 or (code == 2 and "another ingest is writing to" in error), error
+    assert any(code == 0 for code, _ in results)
+    store = TPStore(connect(db), "docs", encoder)
+    want = set().union(*(expected_ids(corpus / n, encoder, **CHUNKING) for n in DOCS))
+    assert ids(store.on) == ids(store.off) == want
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "chroma").exists(), reason="no `chroma` command"
+)
+def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
+    tmp_path: Path, tiny_llama: Path, encoder: TPEncoder
+) -> None:
+    """Kill the Chroma server while `tp-rag ingest` writes to it: the command exits 2 with
+    the down-server message and the advice to re-run (no traceback); after a restart, the
+    re-run completes the store."""
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i:02d}.txt").write_text(f"Document {i}. " + "A fact is noted. " * 6)
+    port = free_port()
+    serve = [str(Path(sys.executable).parent / "chroma"), "run", "--path", str(tmp_path / "srv")]
+    serve += ["--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["ingest", str(corpus), "--collection", "remote", "--model", str(tiny_llama)]
+    args += ["--device", "cpu", "--chroma-host", "127.0.0.1", "--chroma-port", str(port)]
+    args += ["--chunk-size", "32", "--chunk-overlap", "0"]
+    try:
+        wait_for_server(port, server)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tp_rag", *args, "--batch-size", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("chunks written:"):
+                server.kill()
+                server.wait(timeout=30)
+                break
+        error = process.stderr.read()
+        assert process.wait(timeout=120) == 2, error
+        assert "Traceback" not in error
+        assert "Could not connect to a Chroma server" in error
+        assert "re-run the same command" in error
+        server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_server(port, server)
+        assert main(args) == 0
+        store = TPStore(connect(host="127.0.0.1", port=port), "remote", encoder)
+        want: set[str] = set()
+        for path in sorted(corpus.iterdir()):
+            want |= expected_ids(path, encoder, chunk_size=32, chunk_overlap=0)
+        assert ids(store.on) == ids(store.off) == want
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def test_prune_removes_the_chunks_of_files_that_are_gone(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """`prune` removes, from both collections, the chunks of files deleted from the folder,
+    and nothing else; a dry run only lists them; sources outside the paths are kept."""
+    from tp_rag.ingest import prune
+
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("Elsewhere, a file that stays in the store.")
+    ingest([corpus, other], store, **CHUNKING)
+    ingest([corpus / "tides.md"], store, source_name=lambda p: "sample/tides.md")
+    bread = str((corpus / "bread.txt").resolve())
+    bread_ids = ids(store.on, bread)
+    before = ids(store.on)
+    (corpus / "bread.txt").unlink()
+
+    dry = prune([corpus], store, dry_run=True)
+    assert (dry.sources, dry.chunks, dry.dry_run) == ([bread], len(bread_ids), True)
+    assert ids(store.on) == before
+
+    done = prune([corpus], store)
+    assert done.sources == [bread]
+    assert ids(store.on) == ids(store.off) == before - bread_ids
+    assert ids(store.on, str((other / "keep.txt").resolve()))  # not under the given path
+    assert ids(store.on, "sample/tides.md")  # not recorded as a path: never pruned
+
+
+def test_prune_refuses_a_path_that_is_missing_or_holds_no_files(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """A mistyped or empty folder would make every recorded file look gone: refused, nothing
+    removed."""
+    from tp_rag.ingest import prune
+
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    ingest([corpus], store, **CHUNKING)
+    before = ids(store.on)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="does not exist; nothing pruned"):
+        prune([corpus, tmp_path / "corpsu"], store)
+    with pytest.raises(ValueError, match=r"no files tp-rag reads under .*nothing pruned"):
+        prune([empty], store)
+    assert ids(store.on) == ids(store.off) == before
+
+
+def test_cli_prune_and_dry_run(
+    tmp_path: Path, corpus: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ingest --prune --dry-run` lists what would go and changes nothing; `--prune` removes
+    it; a missing path is refused with exit 2 before anything is written."""
+    db = str(tmp_path / "db")
+    args = ["ingest", str(corpus), "--collection", "docs", "--db", db]
+    model = ["--model", str(tiny_llama), "--device", "cpu"]
+    assert main([*args, *model]) == 0
+    capsys.readouterr()
+    (corpus / "keys.html").unlink()
+    gone = str((corpus / "keys.html").resolve())
+
+    assert main([*args, "--prune", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would remove" in out and gone in out
+    assert main([*args, "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed" in out and gone in out
+    assert main([*args, "--prune"]) == 0
+    assert "removed 0 chunks of 0 files" in capsys.readouterr().out
+    typo = ["ingest", str(corpus), str(tmp_path / "typo"), *args[2:], "--prune"]
+    assert main(typo) == 2
+    assert "nothing pruned" in capsys.readouterr().err

@@ -18,6 +18,7 @@ embedding-space fingerprint, so a query can never be embedded differently from t
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -37,6 +38,36 @@ from tp_rag.prompts import resolve_prompt
 
 _STORED_LOADING = ("revision", "trust_remote_code", "model_kwargs")
 """Loading options stored with a collection (a preset's settings are stored as settings)."""
+
+TRUST_REMOTE_CODE_ENV = "TP_RAG_TRUST_REMOTE_CODE"
+"""Set to ``1`` to let collections opened in this process load their model with the stored
+``trust_remote_code=True`` (and the other stored options in ``UNTRUSTED_MODEL_KWARGS``)."""
+
+UNTRUSTED_MODEL_KWARGS = frozenset(
+    {
+        # run code: the repository's own Python, pickled weights, kernels from the hub
+        "trust_remote_code",
+        "code_revision",
+        "weights_only",
+        "use_kernels",
+        "allow_all_kernels",
+        "kernel_config",
+        # change where files come from
+        "revision",
+        "subfolder",
+        "gguf_file",
+        "adapter_kwargs",
+        "adapter_name",
+        "cache_dir",
+        "proxies",
+        "token",
+    }
+)
+"""``model_kwargs`` a stored collection config may only use with the reader's opt-in."""
+
+# Models this process loaded with trust_remote_code=True itself (its own explicit choice), so
+# Chroma's rebuild of the same function from a collection's config is allowed for them.
+_trusted_models: set[str] = set()
 
 # Chroma rebuilds the function from its stored config every time it reads a collection's
 # configuration (on every add and query of a reopened collection). The core's model cache holds
@@ -118,6 +149,8 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         self._encoder = encoder
         self._tp = tp
         self._query_prompt = query_prompt
+        if encoder.load_kwargs.get("trust_remote_code"):
+            _trusted_models.add(_model_key(encoder.config.model))
 
     @property
     def encoder(self) -> TPEncoder:
@@ -203,6 +236,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             # tp-rag 0.1 stored the loading options inside model_kwargs: lift them out.
             settings.update({k: v for k, v in nested.items() if k != "model_kwargs"})
             settings["model_kwargs"] = nested.get("model_kwargs") or {}
+        _check_trusted(settings)
         function = TPEmbeddingFunction(**settings)
         if expected is not None and function.fingerprint() != expected:
             raise ValueError(
@@ -216,6 +250,40 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             while len(_rebuilt) > _REBUILT_MAX:
                 _rebuilt.popitem(last=False)
         return function
+
+
+def _model_key(model: str) -> str:
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def _check_trusted(settings: dict[str, Any]) -> None:
+    """Refuse a stored config that would run code or fetch other files, unless the reader of
+    the collection opted in (``TP_RAG_TRUST_REMOTE_CODE=1``, or loading that model with
+    ``trust_remote_code=True`` in this process)."""
+    asks = []
+    if settings.get("trust_remote_code"):
+        asks.append("trust_remote_code=True")
+    flat = set(settings) & UNTRUSTED_MODEL_KWARGS - {"revision", "trust_remote_code"}
+    asks += [f"{key}={settings[key]!r}" for key in sorted(flat)]
+    kwargs = settings.get("model_kwargs") or {}
+    asks += [
+        f"model_kwargs[{key!r}]={kwargs[key]!r}"
+        for key in sorted(set(kwargs) & UNTRUSTED_MODEL_KWARGS)
+    ]
+    if not asks:
+        return
+    model = str(settings.get("model"))
+    if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1" or _model_key(model) in _trusted_models:
+        return
+    raise PermissionError(
+        f"this collection's stored embedding function loads model {model!r} with "
+        f"{', '.join(asks)}, which can run the model's own Python code or fetch files from "
+        "elsewhere; tp-rag does not enable that from a stored collection. If you trust this "
+        f"model, opt in: set {TRUST_REMOTE_CODE_ENV}=1 in your environment, or load it "
+        "yourself in this process, e.g. get_collection(name, embedding_function="
+        f"TPEmbeddingFunction({model!r}, trust_remote_code=True))."
+    )
 
 
 def _documents(input: Documents) -> Documents:

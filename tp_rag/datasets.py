@@ -27,8 +27,10 @@ sample set). ``relevant_only`` keeps the queries with a positive label.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -316,18 +318,22 @@ def read_labelled_documents(folder: str | Path, split: str = "test") -> Retrieva
     return _labelled_set(folder.name, corpus, _read(queries_path), _read(qrels_path))
 
 
-def read_beir_upload(paths: Sequence[str | Path], split: str = "test") -> RetrievalSet:
+def read_beir_upload(
+    paths: Sequence[str | Path], split: str = "test", *, max_unzipped: int | None = None
+) -> RetrievalSet:
     """Read a BEIR split from uploaded files: a zip of a BEIR folder, the folder, or its files.
 
     The files are found by name anywhere among the upload: ``corpus.jsonl``, ``queries.jsonl``
-    and ``qrels/<split>.tsv`` (else ``<split>.tsv``, else any ``.tsv``). A zip that would unpack
-    to more than ``MAX_UNZIPPED`` bytes is refused. Errors name the file as it was uploaded.
+    and ``qrels/<split>.tsv`` (else ``<split>.tsv``, else any ``.tsv``). A zip that unpacks to
+    more than ``max_unzipped`` bytes (default ``MAX_UNZIPPED``) is refused, whatever sizes it
+    declares: it is decompressed a chunk at a time and never held beyond that limit. Errors
+    name the file as uploaded.
 
     >>> data = read_beir_upload(["scifact.zip"])  # doctest: +SKIP
     >>> data.name, len(data.queries)  # doctest: +SKIP
     ('scifact', 300)
     """
-    sources: dict[str, Callable[[], bytes]] = {}  # name in the upload -> its bytes
+    sources: dict[str, Callable[[], bytes | bytearray]] = {}  # name in the upload -> its bytes
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -335,7 +341,7 @@ def read_beir_upload(paths: Sequence[str | Path], split: str = "test") -> Retrie
                 if child.is_file():
                     sources[child.relative_to(path).as_posix()] = child.read_bytes
         elif path.suffix.lower() == ".zip":
-            sources.update(_zip_members(path))
+            sources.update(_zip_members(path, max_unzipped or MAX_UNZIPPED))
         else:
             sources[path.name] = path.read_bytes
 
@@ -379,6 +385,9 @@ def relevant_only(data: RetrievalSet) -> RetrievalSet:
     qrels = {q: docs for q, docs in positive.items() if docs}
     if not qrels:
         raise ValueError(f"{data.name}: no query has a positive relevance label")
+    present = set(data.doc_ids)
+    if not any(doc in present for docs in qrels.values() for doc in docs):
+        check_judged_documents(data.name, present, qrels, "its positive labels")
     kept = [(q, text) for q, text in zip(data.query_ids, data.queries, strict=True) if q in qrels]
     return replace(
         data,
@@ -407,24 +416,51 @@ def _beir_paths(folder: Path, corpus: str, split: str) -> tuple[Path, Path, Path
     return corpus_path, queries_path, qrels_path
 
 
-def _zip_members(path: Path) -> dict[str, Callable[[], bytes]]:
-    """Each file of a zip by its name inside, read on demand; refuses a zip bomb."""
+def _zip_members(path: Path, limit: int) -> dict[str, Callable[[], bytes | bytearray]]:
+    """Each file of a zip by its name inside, read on demand; refuses a zip bomb.
+
+    The sizes a zip declares may lie, so members are decompressed in bounded chunks and
+    counted: the whole archive may unpack to at most ``limit`` bytes, whatever it declares.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             members = [member for member in archive.infolist() if not member.is_dir()]
     except zipfile.BadZipFile:
         raise ValueError(f"{path.name}: not a valid zip file") from None
-    if sum(member.file_size for member in members) > MAX_UNZIPPED:
-        raise ValueError(f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**2} MB")
-    return {member.filename: partial(_unzip, path, member.filename) for member in members}
+    if sum(member.file_size for member in members) > limit:
+        raise ValueError(f"{path.name}: unpacks to more than {_megabytes(limit)}")
+    budget = [limit]  # bytes the archive may still unpack to, shared by its members
+    return {
+        member.filename: partial(_unzip, path, member.filename, budget, limit) for member in members
+    }
 
 
-def _unzip(path: Path, member: str) -> bytes:
-    with zipfile.ZipFile(path) as archive:
-        return archive.read(member)  # stops at the size the zip declares
+def _megabytes(size: int) -> str:
+    return f"{size / 1024**2:g} MB"
 
 
-def _decode(name: str, data: bytes) -> str:
+_UNZIP_CHUNK = 1024**2
+
+
+def _unzip(path: Path, member: str, budget: list[int], limit: int) -> bytearray:
+    """``member``'s bytes, decompressed a chunk at a time; stops once ``budget`` is spent."""
+    data = bytearray()
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+            while chunk := stream.read(_UNZIP_CHUNK):
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise ValueError(
+                        f"{path.name}: unpacks to more than {_megabytes(limit)} "
+                        f"(reading {member}, whatever sizes the zip declares)"
+                    )
+                data += chunk
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
+        raise ValueError(f"{path.name}: {member} is corrupt ({error})") from None
+    return data
+
+
+def _decode(name: str, data: bytes | bytearray) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -450,6 +486,7 @@ def _labelled_set(
             f"{qrels[0]} judges {len(unknown)} query id(s) missing from {queries[0]}, "
             f"e.g. {', '.join(unknown[:5])}"
         )
+    check_judged_documents(name, corpus, judged, qrels[0])
     query_ids = tuple(q for q in texts if q in judged)
     return RetrievalSet(
         name=name,
@@ -458,6 +495,34 @@ def _labelled_set(
         query_ids=query_ids,
         queries=tuple(texts[q] for q in query_ids),
         qrels=judged,
+    )
+
+
+def check_judged_documents(
+    name: str, doc_ids: Iterable[str], qrels: dict[str, dict[str, int]], qrels_name: str = "qrels"
+) -> None:
+    """Warn when qrels judge documents missing from the corpus; refuse when none is there.
+
+    A missing document can never be retrieved, so it scores as a miss: a few of them shift
+    the figures (``UserWarning`` with the count and examples), all of them make every score 0
+    (``ValueError``: the corpus and the qrels do not belong together).
+    """
+    present = set(doc_ids)
+    judged = {doc for docs in qrels.values() for doc in docs}
+    missing = sorted(judged - present)
+    if not missing:
+        return
+    examples = ", ".join(missing[:5])
+    if len(missing) == len(judged):
+        raise ValueError(
+            f"{name}: none of the {len(judged)} documents judged in {qrels_name} is in the "
+            f"corpus (e.g. {examples}); do the corpus and the qrels belong together?"
+        )
+    warnings.warn(
+        f"{name}: {qrels_name} judges {len(missing)} of {len(judged)} documents that are "
+        f"missing from the corpus (e.g. {examples}); they count as never retrieved",
+        UserWarning,
+        stacklevel=2,
     )
 
 

@@ -12,9 +12,11 @@ True
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,21 @@ SUFFIXES: tuple[str, ...] = (".txt", ".md", ".pdf", ".html", ".htm")
 """File types ``read_document`` understands."""
 
 _SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git and grep do
+# Text files that start with a byte-order mark are decoded by it (UTF-32 before UTF-16: the
+# UTF-32-LE mark begins with the UTF-16-LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class DocumentError(ValueError):
@@ -77,15 +94,27 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str,
                     (str(path), f"unsupported file type; tp-rag reads {', '.join(SUFFIXES)}")
                 )
         else:
-            skipped.append((str(path), "no such file or folder"))
+            skipped.append((str(path), _not_a_file(path)))
     return files, skipped
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, neither a regular file nor a folder, is skipped."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "no such file or folder"
+    for test, what in _SPECIAL_FILES:
+        if test(mode):
+            return f"not a regular file but {what}; tp-rag reads files and folders"
+    return "not a regular file or folder"
 
 
 def read_document(path: str | Path) -> str:
     """The text of one file; raises ``DocumentError`` naming the file and the problem.
 
-    ``.txt`` and ``.md`` must be UTF-8; ``.pdf`` is read with pypdf (its text layer);
-    ``.html`` loses scripts, styles and markup.
+    ``.txt`` and ``.md`` must be UTF-8, or UTF-16 / UTF-32 with a byte-order mark; ``.pdf``
+    is read with pypdf (its text layer); ``.html`` loses scripts, styles and markup.
     """
     path = Path(path)
     try:
@@ -95,8 +124,15 @@ def read_document(path: str | Path) -> str:
     if not data.strip():
         raise DocumentError(f"{path}: empty file")
     suffix = path.suffix.lower()
+    bom = next((codec for mark, codec in _BOMS if data.startswith(mark)), None)
     if suffix == ".pdf":
         text = _pdf_text(path, data)
+    elif bom is not None:
+        try:
+            decoded = data.decode(bom)
+        except UnicodeDecodeError as error:
+            raise DocumentError(f"{path}: not valid {bom} text ({error.reason})") from None
+        text = _html_text(decoded) if suffix in (".html", ".htm") else decoded.lstrip("\ufeff")
     else:
         if b"\x00" in data[:_SNIFF_BYTES]:
             raise DocumentError(f"{path}: binary file, not {suffix} text")
@@ -140,7 +176,7 @@ def _pdf_text(path: Path, data: bytes) -> str:
     return "\n\n".join(page.strip() for page in pages)
 
 
-def _html_text(data: bytes) -> str:
+def _html_text(data: bytes | str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(data, "html.parser")

@@ -480,10 +480,21 @@ def token_budget_batches(
 
 
 def _check_texts(texts: Any) -> list[str]:
+    from collections.abc import Mapping  # local: this helper is the only user
+
     if texts is None:
         raise TypeError("texts is None; pass a string or a list of strings")
     if isinstance(texts, str):
-        return [texts]
+        return _check_unicode([texts])
+    if isinstance(texts, (bytes, bytearray, memoryview, Mapping)):
+        raise TypeError(
+            f"texts must be a string or a list of strings, not {type(texts).__name__}; "
+            + (
+                "decode bytes first, e.g. data.decode('utf-8')"
+                if not isinstance(texts, Mapping)
+                else "pass list(d.values()) to embed a mapping's values"
+            )
+        )
     if not isinstance(texts, (list, tuple)):
         try:
             texts = list(texts)  # generators, numpy arrays of str, pandas Series
@@ -496,4 +507,19 @@ def _check_texts(texts: Any) -> list[str]:
             raise TypeError(
                 f"texts[{index}] is {type(text).__name__}, not str; every item must be a string"
             )
-    return list(texts)
+    return _check_unicode(list(texts))
+
+
+def _check_unicode(texts: list[str]) -> list[str]:
+    """Refuse lone surrogates (not encodable text), naming the text and the character."""
+    import re
+
+    for index, text in enumerate(texts):
+        found = re.search(r"[\ud800-\udfff]", text)
+        if found:
+            raise ValueError(
+                f"texts[{index}] holds a lone surrogate {found.group()!r} at character "
+                f"{found.start()}, which is not valid Unicode text; decode the source with "
+                "errors='replace' or remove it"
+            )
+    return texts

@@ -72,6 +72,22 @@ class IngestProgress(Protocol):
 
 
 @dataclass
+class PruneSummary:
+    """What one ``prune`` call removed (or, with ``dry_run``, would remove)."""
+
+    sources: list[str] = field(default_factory=list)
+    """Sources whose files are gone, sorted."""
+    chunks: int = 0
+    """Their chunks (each one is removed from both collections)."""
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        files = f"{len(self.sources)} file{'' if len(self.sources) == 1 else 's'}"
+        return f"{verb} {self.chunks} chunks of {files} no longer found"
+
+
+@dataclass
 class _Pending:
     source: str
     chunks: list[Chunk]
@@ -96,7 +112,33 @@ def ingest(
     ``chunk_size`` and ``chunk_overlap`` (tokens) default to what the store recorded at its last
     ingestion, else to ``DEFAULT_CHUNK_SIZE`` and ``DEFAULT_CHUNK_OVERLAP``: re-running with no
     sizes given cuts files as before, so unchanged files stay unchanged.
+
+    Writing to an embedded Chroma folder takes its writer lock (``tp_rag.store.write_lock``):
+    a second writer is refused with ``StoreBusyError``. A Chroma server that stops answering
+    raises ``StoreUnavailableError``; running again resumes.
     """
+    from tp_rag.store import server_errors, write_lock
+
+    with write_lock(store.client), server_errors(store.client):
+        return _ingest(
+            paths,
+            store,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            source_name=source_name,
+            progress=progress,
+        )
+
+
+def _ingest(
+    paths: Iterable[str | Path],
+    store: TPStore,
+    *,
+    chunk_size: int | None,
+    chunk_overlap: int | None,
+    source_name: Callable[[Path], str],
+    progress: IngestProgress | None,
+) -> IngestSummary:
     from tp_rag.documents import (
         DocumentError,
         check_chunking,
@@ -192,3 +234,55 @@ def _write(
     for item in pending:
         store.delete(sorted(item.stale))
         summary.removed += len(item.stale)
+
+
+def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False) -> PruneSummary:
+    """Make ``store`` mirror ``paths``: remove the chunks of files that are no longer there.
+
+    A source is pruned when it is recorded as a path equal to or under one of ``paths`` and is
+    not among the files ``tp_rag.documents.find_files`` finds there now (deleted, moved or
+    renamed), from both collections. Sources recorded under other names (the demo's
+    ``sample/NAME`` and upload names) are never pruned. Against a typo, every path must exist
+    and hold at least one file tp-rag reads, else ``ValueError`` and nothing is removed.
+    ``dry_run=True`` only says what would be removed.
+
+    >>> print(prune(["notes/"], store, dry_run=True))  # doctest: +SKIP
+    would remove 4 chunks of 1 file no longer found
+    """
+    from tp_rag.documents import find_files
+    from tp_rag.store import server_errors, write_lock
+
+    roots = []
+    found: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ValueError(f"{raw} does not exist; nothing pruned (is the path mistyped?)")
+        files, _ = find_files([path])
+        if not files:
+            raise ValueError(
+                f"no files tp-rag reads under {raw}; nothing pruned (is it the right folder?)"
+            )
+        roots.append(path.resolve())
+        found.update(str(file) for file in files)
+    if not roots:
+        raise ValueError("no paths given; nothing pruned")
+
+    def under_roots(source: str) -> bool:
+        candidate = Path(source)
+        return candidate.is_absolute() and any(
+            candidate == root or root in candidate.parents for root in roots
+        )
+
+    with write_lock(store.client), server_errors(store.client):
+        gone = {
+            source: ids
+            for source, ids in store.chunks_by_source().items()
+            if under_roots(source) and source not in found
+        }
+        summary = PruneSummary(
+            sources=sorted(gone), chunks=sum(map(len, gone.values())), dry_run=dry_run
+        )
+        if not dry_run:
+            store.delete(sorted(set().union(*gone.values())))
+    return summary

@@ -14,10 +14,12 @@ the recorded one raises ``ConfigMismatchError``: vectors from different spaces n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,12 @@ DEFAULT_DB = "chroma_db"
 TWIN_SUFFIX = "-tp-off"
 """``NAME + TWIN_SUFFIX`` is the collection of the same chunks embedded with TP off."""
 
+WRITE_LOCK = "tp-rag-write.lock"
+"""The lock file in an embedded database's folder that one writer at a time holds."""
+_WRITER_PID = "tp-rag-write.pid"  # beside the lock: who holds it, for the error message
+_OPEN_LOCK = "tp-rag-open.lock"  # held while Chroma creates or migrates a folder's tables
+_OPEN_TIMEOUT = 120.0
+
 _FINGERPRINT = "tp_rag_fingerprint"
 _CONFIG = "tp_rag_config"
 _TP = "tp_rag_tp"
@@ -45,6 +53,14 @@ _NAME_MAX = 512 - len(TWIN_SUFFIX)  # Chroma's limit, minus room for the twin's 
 
 class ConfigMismatchError(ValueError):
     """A collection holds vectors of another encoder configuration than the one in use."""
+
+
+class StoreBusyError(OSError):
+    """Another process is writing to the same embedded Chroma folder."""
+
+
+class StoreUnavailableError(ConnectionError):
+    """The Chroma server cannot be reached (it is down, or stopped during the work)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,76 @@ def connect(
         return chromadb.HttpClient(host=host, port=port or 8000, settings=settings)
     if port is not None:
         raise ValueError(f"port={port} needs a host (the Chroma server's address)")
-    return chromadb.PersistentClient(path=str(db or DEFAULT_DB), settings=settings)
+    from filelock import FileLock, Timeout
+
+    folder = Path(db or DEFAULT_DB)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two processes opening a fresh folder at once both create Chroma's tables, and one fails.
+    try:
+        with FileLock(folder / _OPEN_LOCK, timeout=_OPEN_TIMEOUT):
+            return chromadb.PersistentClient(path=str(folder), settings=settings)
+    except Timeout:
+        raise StoreBusyError(
+            f"another process has been opening the Chroma database {folder} for "
+            f"{_OPEN_TIMEOUT:.0f} s; try again when it is done"
+        ) from None
+
+
+@contextlib.contextmanager
+def write_lock(client: Any) -> Iterator[None]:
+    """Hold the writer lock of ``client``'s embedded database folder (a no-op for a server).
+
+    One process at a time may write to an embedded Chroma folder; a second one is refused at
+    once with ``StoreBusyError`` naming the folder and the writer's pid. The operating system
+    releases the lock when its process ends, even by ``kill -9``, so it never goes stale. For
+    concurrent writers, use a Chroma server (``chroma run``) instead of a folder.
+
+    >>> with write_lock(connect("chroma_db")):  # doctest: +SKIP
+    ...     store.upsert(entries, on_vectors, off_vectors)
+    """
+    settings = client.get_settings()
+    if not settings.is_persistent:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    folder = Path(settings.persist_directory)
+    lock = FileLock(folder / WRITE_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = f" (pid {(folder / _WRITER_PID).read_text().strip()})"
+        except OSError:
+            holder = ""
+        raise StoreBusyError(
+            f"another ingest is writing to {folder}{holder}; wait for it to finish and run "
+            "again, or use a Chroma server (`chroma run --path DIR`, then --chroma-host) for "
+            "writers that run at the same time"
+        ) from None
+    try:
+        (folder / _WRITER_PID).write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def server_errors(client: Any) -> Iterator[None]:
+    """Turn a lost connection to a Chroma server into ``StoreUnavailableError``, with the
+    message of a server that is down at the start and the advice to run again."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as error:
+        settings = client.get_settings()
+        where = f"{settings.chroma_server_host}:{settings.chroma_server_http_port}"
+        raise StoreUnavailableError(
+            f"Could not connect to a Chroma server. Are you sure it is running? The server at "
+            f"{where} stopped answering ({type(error).__name__}: {error}). Start it again and "
+            "re-run the same command: it resumes where it stopped (what was written is kept)."
+        ) from error
 
 
 def check_name(name: str) -> str:
@@ -254,6 +339,17 @@ class TPStore:
             set(collection.get(where={"source": source}, include=[])["ids"])
             for collection in (self.on, self.off)
         )
+
+    def chunks_by_source(self) -> dict[str, set[str]]:
+        """Every source in the store and the ids of its chunks (both collections together)."""
+        found: dict[str, set[str]] = {}
+        page = 10_000
+        for collection in (self.on, self.off):
+            for offset in range(0, collection.count(), page):
+                rows = collection.get(include=["metadatas"], limit=page, offset=offset)
+                for id_, meta in zip(rows["ids"], rows["metadatas"], strict=True):
+                    found.setdefault(str((meta or {}).get("source")), set()).add(id_)
+        return found
 
     def upsert(
         self,

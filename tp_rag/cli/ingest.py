@@ -9,7 +9,7 @@ from typing import Any
 
 from tp_rag.cli.options import add_store_options, open_store
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
-from tp_rag.ingest import ingest
+from tp_rag.ingest import ingest, prune
 
 
 class BarProgress:
@@ -90,7 +90,14 @@ def run_ingest(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     out, err = Console(), Console(stderr=True)
+    if args.dry_run and not args.prune:
+        raise ValueError("--dry-run goes with --prune: it lists what --prune would remove")
     store = open_store(args, create=True)
+    if args.prune:  # checks the paths (a typo is refused) before anything is written
+        pruning = prune(args.paths, store, dry_run=True)
+        if args.dry_run:
+            _print_pruned(out, pruning)
+            return 0
     bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
     with bars:
         summary = ingest(
@@ -100,6 +107,8 @@ def run_ingest(args: argparse.Namespace) -> int:
             chunk_overlap=args.chunk_overlap,
             progress=bars,
         )
+    if args.prune:
+        _print_pruned(out, prune(args.paths, store))
     on, off = store.count()
     out.print(f"[bold]{store.name}[/]: {summary}")
     out.print(f"collection {store.on.name!r}: {on} chunks; {store.off.name!r}: {off} chunks")
@@ -109,6 +118,12 @@ def run_ingest(args: argparse.Namespace) -> int:
             table.add_row(path, reason)
         out.print(table)
     return 1 if summary.skipped and not summary.files else 0
+
+
+def _print_pruned(out: Any, pruning: Any) -> None:
+    out.print(f"prune: {pruning}" + (":" if pruning.sources else ""))
+    for source in pruning.sources:
+        out.print(f"  {source}", highlight=False)
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -171,6 +186,19 @@ def register(subparsers: Any) -> None:
             "tokens shared by neighbouring chunks (default: the collection's, else "
             f"{DEFAULT_CHUNK_OVERLAP}, at most chunk size / 8)"
         ),
+    )
+    ingest_parser.add_argument(
+        "--prune",
+        action="store_true",
+        help=(
+            "also remove the chunks of files under PATH that no longer exist there, so the "
+            "collection mirrors PATH (refused when a PATH is missing or holds no files)"
+        ),
+    )
+    ingest_parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --prune: only list what would be removed; ingest and remove nothing",
     )
     add_store_options(ingest_parser, default_db="chroma_db")
     ingest_parser.set_defaults(func=run_ingest)

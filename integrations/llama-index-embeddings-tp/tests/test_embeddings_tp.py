@@ -259,3 +259,29 @@ def test_serialised_settings_rebuild_the_same_embedding(tiny_model: Path) -> Non
     np.testing.assert_allclose(
         rebuilt.get_query_embedding(TEXTS[0]), embedding.get_query_embedding(TEXTS[0]), atol=1e-6
     )
+
+
+def test_a_string_as_a_batch_and_a_list_as_one_text_fail_up_front(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``get_text_embedding_batch("text")`` would embed each character and
+    ``get_text_embedding([...])`` would fail inside LlamaIndex after running the model: both
+    raise a TypeError saying what to pass, before the model runs (sync and async)."""
+    embedding = TPEmbedding(str(tiny_model))
+    calls: list[object] = []
+    original = embedding.encoder.encode
+    monkeypatch.setattr(
+        embedding.encoder, "encode", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    with pytest.raises(TypeError, match=r"list of strings, not one str.*pass \[text\]"):
+        embedding.get_text_embedding_batch("a" * 50)
+    with pytest.raises(TypeError, match=r"takes one string, not list.*get_text_embedding_batch"):
+        embedding.get_text_embedding(["a", "b"])
+    with pytest.raises(TypeError, match="takes one string, not list"):
+        embedding.get_query_embedding(["a", "b"])
+    with pytest.raises(TypeError, match="list of strings, not one str"):
+        asyncio.run(embedding.aget_text_embedding_batch("abc"))
+    with pytest.raises(TypeError, match="takes one string"):
+        asyncio.run(embedding.aget_text_embedding(["a"]))
+    assert calls == []  # refused before any model call
+    assert len(embedding.get_text_embedding_batch(["a", "b"])) == 2

@@ -66,6 +66,38 @@ class TPEmbedding(settings_model(exclude=("batch_size",)), BaseEmbedding):  # ty
         """The ``TPEncoder`` doing the work, e.g. to reuse it in a Chroma embedding function."""
         return self._encoder
 
+    # LlamaIndex's public methods take one string or a list of strings and do not check which
+    # they got: a string given as a batch would be embedded character by character.
+    def get_query_embedding(self, query: str) -> Embedding:
+        """Embed one query (with ``query_prompt``)."""
+        return super().get_query_embedding(_one_text(query, "get_query_embedding"))
+
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        """Embed one query (with ``query_prompt``), asynchronously."""
+        return await super().aget_query_embedding(_one_text(query, "aget_query_embedding"))
+
+    def get_text_embedding(self, text: str) -> Embedding:
+        """Embed one text."""
+        return super().get_text_embedding(_one_text(text, "get_text_embedding"))
+
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        """Embed one text, asynchronously."""
+        return await super().aget_text_embedding(_one_text(text, "aget_text_embedding"))
+
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Embed a list of texts, ``embed_batch_size`` at a time."""
+        texts = _text_list(texts, "get_text_embedding_batch")
+        return super().get_text_embedding_batch(texts, show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Embed a list of texts, asynchronously."""
+        texts = _text_list(texts, "aget_text_embedding_batch")
+        return await super().aget_text_embedding_batch(texts, show_progress, **kwargs)
+
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._encoder.encode(query, prompt=self.query_prompt, show_progress=False).tolist()
 
@@ -84,3 +116,26 @@ class TPEmbedding(settings_model(exclude=("batch_size",)), BaseEmbedding):  # ty
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+
+def _one_text(value: Any, method: str) -> str:
+    if not isinstance(value, str):
+        batch = "get_text_embedding_batch" if "text" in method else "one call per query"
+        raise TypeError(
+            f"{method} takes one string, not {type(value).__name__}; for several texts use {batch}"
+        )
+    return value
+
+
+def _text_list(value: Any, method: str) -> list[str]:
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{method} takes a list of strings, not one {type(value).__name__} (it would embed "
+            f"each character); pass [text], or use get_text_embedding(text)"
+        )
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{method} takes a list of strings, not {type(value).__name__}")
+    for index, text in enumerate(value):
+        if not isinstance(text, str):
+            raise TypeError(f"{method}: texts[{index}] is {type(text).__name__}, not str")
+    return list(value)
