@@ -105,31 +105,11 @@ def ingest(
     ingestion, else to ``DEFAULT_CHUNK_SIZE`` and ``DEFAULT_CHUNK_OVERLAP``: re-running with no
     sizes given cuts files as before, so unchanged files stay unchanged.
     """
-    from tp_rag.documents import (
-        DocumentError,
-        check_chunking,
-        find_files,
-        read_document,
-        split_text,
-    )
-    from tp_rag.store import chunk_id
+    from tp_rag.documents import find_files
 
     started = time.perf_counter()
     encoder = store.encoder
-    recorded = store.chunking()
-    if chunk_size is None:
-        chunk_size = recorded[0] if recorded else DEFAULT_CHUNK_SIZE
-    if chunk_overlap is None:
-        same_size = recorded is not None and recorded[0] == chunk_size
-        chunk_overlap = recorded[1] if same_size else min(DEFAULT_CHUNK_OVERLAP, chunk_size // 8)
-    check_chunking(chunk_size, chunk_overlap)
-    if chunk_size >= encoder.config.max_length:
-        raise ValueError(
-            f"chunk_size={chunk_size} tokens does not fit the encoder's max_length="
-            f"{encoder.config.max_length} with its prompt; use a smaller chunk_size"
-        )
-    if recorded != (chunk_size, chunk_overlap):
-        store.record_chunking(chunk_size, chunk_overlap)
+    chunk_size, chunk_overlap = settle_chunking(store, chunk_size, chunk_overlap)
     files, skipped = find_files(paths)
     summary = IngestSummary(skipped=list(skipped))
     if progress is not None:
@@ -142,23 +122,15 @@ def ingest(
 
     for path in files:
         source = source_name(path)
-        try:
-            text = read_document(path)
-        except DocumentError as error:
-            summary.skipped.append((str(path), str(error).removeprefix(f"{path}: ")))
+        chunks, reason = read_chunks(path, encoder.tokenizer, chunk_size, chunk_overlap)
+        if reason is not None:
+            summary.skipped.append((str(path), reason))
             if progress is not None:
                 progress.file_read(source, 0)
             continue
-        chunks = split_text(
-            text, encoder.tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap
-        )
         if any(item.source == source for item in pending):
             flush()  # two files with one source name: the later one replaces the earlier
-        have_on, have_off = store.source_ids(source)
-        ids = [chunk_id(source, chunk) for chunk in chunks]
-        complete = have_on & have_off  # written to both collections
-        missing = [c for c, i in zip(chunks, ids, strict=True) if i not in complete]
-        stale = (have_on | have_off) - set(ids)
+        missing, stale = plan_source(source, chunks, *store.source_ids(source))
         summary.files += 1
         if progress is not None:
             progress.file_read(source, len(missing))
@@ -172,6 +144,66 @@ def ingest(
     flush()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def settle_chunking(
+    store: TPStore, chunk_size: int | None, chunk_overlap: int | None
+) -> tuple[int, int]:
+    """The ``(chunk_size, chunk_overlap)`` an ingestion into ``store`` uses, checked, and
+    recorded with the store when they differ from what it recorded before.
+
+    Sizes not given come from the store's record, else from ``DEFAULT_CHUNK_SIZE`` and
+    ``DEFAULT_CHUNK_OVERLAP`` (at most an eighth of the chunk size).
+    """
+    from tp_rag.documents import check_chunking
+
+    recorded = store.chunking()
+    if chunk_size is None:
+        chunk_size = recorded[0] if recorded else DEFAULT_CHUNK_SIZE
+    if chunk_overlap is None:
+        same_size = recorded is not None and recorded[0] == chunk_size
+        chunk_overlap = recorded[1] if same_size else min(DEFAULT_CHUNK_OVERLAP, chunk_size // 8)
+    check_chunking(chunk_size, chunk_overlap)
+    if chunk_size >= store.encoder.config.max_length:
+        raise ValueError(
+            f"chunk_size={chunk_size} tokens does not fit the encoder's max_length="
+            f"{store.encoder.config.max_length} with its prompt; use a smaller chunk_size"
+        )
+    if recorded != (chunk_size, chunk_overlap):
+        store.record_chunking(chunk_size, chunk_overlap)
+    return chunk_size, chunk_overlap
+
+
+def read_chunks(
+    path: Path, tokenizer: Any, chunk_size: int, chunk_overlap: int
+) -> tuple[list[Chunk], str | None]:
+    """A file's chunks and ``None``, or ``([], reason)`` when the file cannot be ingested."""
+    from tp_rag.documents import DocumentError, read_document, split_text
+
+    try:
+        text = read_document(path)
+    except DocumentError as error:
+        return [], str(error).removeprefix(f"{path}: ")
+    chunks = split_text(text, tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    return chunks, None
+
+
+def plan_source(
+    source: str, chunks: Sequence[Chunk], have_on: set[str], have_off: set[str]
+) -> tuple[list[Chunk], set[str]]:
+    """What to do for ``source``, given the ids of it the TP-on and TP-off collections hold:
+    ``(missing, stale)``, its chunks still to write and the ids of its outdated chunks.
+
+    A chunk counts as written only when it is in both collections (a run killed between the two
+    upserts leaves it in one); an id stored for ``source`` that none of ``chunks`` has is stale.
+    """
+    from tp_rag.store import chunk_id
+
+    ids = [chunk_id(source, chunk) for chunk in chunks]
+    complete = have_on & have_off
+    missing = [c for c, i in zip(chunks, ids, strict=True) if i not in complete]
+    stale = (have_on | have_off) - set(ids)
+    return missing, stale
 
 
 def _write(
@@ -352,16 +384,19 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     out, err = Console(), Console(stderr=True)
-    store = _open_store(args, create=True)
-    bars = _BarProgress(err) if err.is_terminal else _LineProgress(sys.stderr)
-    with bars:
-        summary = ingest(
-            args.paths,
-            store,
-            chunk_size=args.chunk_size,
-            chunk_overlap=args.chunk_overlap,
-            progress=bars,
-        )
+    if args.ray is not None:
+        store, summary = _run_ray_ingest(args, err)
+    else:
+        store = _open_store(args, create=True)
+        bars = _BarProgress(err) if err.is_terminal else _LineProgress(sys.stderr)
+        with bars:
+            summary = ingest(
+                args.paths,
+                store,
+                chunk_size=args.chunk_size,
+                chunk_overlap=args.chunk_overlap,
+                progress=bars,
+            )
     on, off = store.count()
     out.print(f"[bold]{store.name}[/]: {summary}")
     out.print(f"collection {store.on.name!r}: {on} chunks; {store.off.name!r}: {off} chunks")
@@ -371,6 +406,88 @@ def _run_ingest(args: argparse.Namespace) -> int:
             table.add_row(path, reason)
         out.print(table)
     return 1 if summary.skipped and not summary.files else 0
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Ray (pip install "tp-rag[ray]"; needs --chroma-host)')
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=(
+            "run on Ray: without ADDRESS start or join a local Ray; 'auto' or ray://HOST:PORT "
+            "for a cluster (put --ray after the paths)"
+        ),
+    )
+    group.add_argument("--ray-address", dest="ray", metavar="ADDRESS", help="same as --ray ADDRESS")
+    group.add_argument(
+        "--ray-actors", type=int, default=1, metavar="N", help="embedding actors (default 1)"
+    )
+    group.add_argument(
+        "--ray-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="chunks per call into an actor (default 64)",
+    )
+    group.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per embedding actor (default 0: CPU actors)",
+    )
+    group.add_argument(
+        "--ray-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads (and reserved CPUs) per CPU actor (default: CPUs / actors)",
+    )
+    group.add_argument(
+        "--ray-writers", type=int, default=1, metavar="N", help="writer actors (default 1)"
+    )
+
+
+def _run_ray_ingest(args: argparse.Namespace, err: Any) -> tuple[TPStore, IngestSummary]:
+    """``tp-rag ingest --ray``: ``tp_rag.distributed.ingest_ray`` into a Chroma server."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            'ingesting with --ray needs Ray Data, which is not installed: pip install "tp-rag[ray]"'
+        ) from None
+    if not args.chroma_host:
+        raise ValueError(
+            "--ray writes from several processes at once, and an embedded Chroma database "
+            f"folder ({args.db or args.default_db}) is safe for one process only; start a Chroma "
+            "server (`chroma run --path DIR --port 8000`) and pass --chroma-host HOST "
+            "[--chroma-port PORT]"
+        )
+    if args.ray and Path(args.ray).exists():
+        raise ValueError(
+            f"--ray took {args.ray!r} as the Ray address, but it is a file or folder: put --ray "
+            "after the paths, or give the address with --ray-address"
+        )
+    from tp_rag.distributed import DEFAULT_RAY_BATCH_SIZE, ingest_ray
+
+    store = _open_store(args, create=True)
+    summary = ingest_ray(
+        args.paths,
+        store,
+        chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap,
+        address=args.ray or None,
+        actors=args.ray_actors,
+        batch_size=args.ray_batch_size or DEFAULT_RAY_BATCH_SIZE,
+        gpus_per_actor=args.ray_gpus,
+        threads=args.ray_threads,
+        writers=args.ray_writers,
+        progress=None if err.is_terminal else _LineProgress(sys.stderr),  # else Ray's own bars
+    )
+    return store, summary
 
 
 def _snippet(text: str, width: int = 200) -> str:
@@ -484,6 +601,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     _add_store_options(ingest_parser, default_db="chroma_db")
+    _add_ray_options(ingest_parser)
     ingest_parser.set_defaults(func=_run_ingest)
 
     query_parser = subparsers.add_parser(
