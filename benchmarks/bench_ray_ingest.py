@@ -94,7 +94,11 @@ def main() -> None:
             single = time.perf_counter() - started
             chunks = summary.chunks
             rows.append(
-                [f"single machine, {args.cpus} torch threads", f"{single:.1f}", chunks / single]
+                [
+                    f"single machine, {args.cpus} torch thread{'s' if args.cpus > 1 else ''}",
+                    f"{single:.1f}",
+                    chunks / single,
+                ]
             )
 
             ray.init(num_cpus=args.cpus, include_dashboard=False)
