@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 
@@ -139,31 +139,11 @@ def _ingest(
     source_name: Callable[[Path], str],
     progress: IngestProgress | None,
 ) -> IngestSummary:
-    from tp_rag.documents import (
-        DocumentError,
-        check_chunking,
-        find_files,
-        read_document,
-        split_text,
-    )
-    from tp_rag.store import chunk_id
+    from tp_rag.documents import find_files
 
     started = time.perf_counter()
     encoder = store.encoder
-    recorded = store.chunking()
-    if chunk_size is None:
-        chunk_size = recorded[0] if recorded else DEFAULT_CHUNK_SIZE
-    if chunk_overlap is None:
-        same_size = recorded is not None and recorded[0] == chunk_size
-        chunk_overlap = recorded[1] if same_size else min(DEFAULT_CHUNK_OVERLAP, chunk_size // 8)
-    check_chunking(chunk_size, chunk_overlap)
-    if chunk_size >= encoder.config.max_length:
-        raise ValueError(
-            f"chunk_size={chunk_size} tokens does not fit the encoder's max_length="
-            f"{encoder.config.max_length} with its prompt; use a smaller chunk_size"
-        )
-    if recorded != (chunk_size, chunk_overlap):
-        store.record_chunking(chunk_size, chunk_overlap)
+    chunk_size, chunk_overlap = settle_chunking(store, chunk_size, chunk_overlap)
     files, skipped = find_files(paths)
     summary = IngestSummary(skipped=list(skipped))
     if progress is not None:
@@ -176,23 +156,15 @@ def _ingest(
 
     for path in files:
         source = source_name(path)
-        try:
-            text = read_document(path)
-        except DocumentError as error:
-            summary.skipped.append((str(path), str(error).removeprefix(f"{path}: ")))
+        chunks, reason = read_chunks(path, encoder.tokenizer, chunk_size, chunk_overlap)
+        if reason is not None:
+            summary.skipped.append((str(path), reason))
             if progress is not None:
                 progress.file_read(source, 0)
             continue
-        chunks = split_text(
-            text, encoder.tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap
-        )
         if any(item.source == source for item in pending):
             flush()  # two files with one source name: the later one replaces the earlier
-        have_on, have_off = store.source_ids(source)
-        ids = [chunk_id(source, chunk) for chunk in chunks]
-        complete = have_on & have_off  # written to both collections
-        missing = [c for c, i in zip(chunks, ids, strict=True) if i not in complete]
-        stale = (have_on | have_off) - set(ids)
+        missing, stale = plan_source(source, chunks, *store.source_ids(source))
         summary.files += 1
         if progress is not None:
             progress.file_read(source, len(missing))
@@ -206,6 +178,66 @@ def _ingest(
     flush()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def settle_chunking(
+    store: TPStore, chunk_size: int | None, chunk_overlap: int | None
+) -> tuple[int, int]:
+    """The ``(chunk_size, chunk_overlap)`` an ingestion into ``store`` uses, checked, and
+    recorded with the store when they differ from what it recorded before.
+
+    Sizes not given come from the store's record, else from ``DEFAULT_CHUNK_SIZE`` and
+    ``DEFAULT_CHUNK_OVERLAP`` (at most an eighth of the chunk size).
+    """
+    from tp_rag.documents import check_chunking
+
+    recorded = store.chunking()
+    if chunk_size is None:
+        chunk_size = recorded[0] if recorded else DEFAULT_CHUNK_SIZE
+    if chunk_overlap is None:
+        same_size = recorded is not None and recorded[0] == chunk_size
+        chunk_overlap = recorded[1] if same_size else min(DEFAULT_CHUNK_OVERLAP, chunk_size // 8)
+    check_chunking(chunk_size, chunk_overlap)
+    if chunk_size >= store.encoder.config.max_length:
+        raise ValueError(
+            f"chunk_size={chunk_size} tokens does not fit the encoder's max_length="
+            f"{store.encoder.config.max_length} with its prompt; use a smaller chunk_size"
+        )
+    if recorded != (chunk_size, chunk_overlap):
+        store.record_chunking(chunk_size, chunk_overlap)
+    return chunk_size, chunk_overlap
+
+
+def read_chunks(
+    path: Path, tokenizer: Any, chunk_size: int, chunk_overlap: int
+) -> tuple[list[Chunk], str | None]:
+    """A file's chunks and ``None``, or ``([], reason)`` when the file cannot be ingested."""
+    from tp_rag.documents import DocumentError, read_document, split_text
+
+    try:
+        text = read_document(path)
+    except DocumentError as error:
+        return [], str(error).removeprefix(f"{path}: ")
+    chunks = split_text(text, tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    return chunks, None
+
+
+def plan_source(
+    source: str, chunks: Sequence[Chunk], have_on: set[str], have_off: set[str]
+) -> tuple[list[Chunk], set[str]]:
+    """What to do for ``source``, given the ids of it the TP-on and TP-off collections hold:
+    ``(missing, stale)``, its chunks still to write and the ids of its outdated chunks.
+
+    A chunk counts as written only when it is in both collections (a run killed between the two
+    upserts leaves it in one); an id stored for ``source`` that none of ``chunks`` has is stale.
+    """
+    from tp_rag.store import chunk_id
+
+    ids = [chunk_id(source, chunk) for chunk in chunks]
+    complete = have_on & have_off
+    missing = [c for c, i in zip(chunks, ids, strict=True) if i not in complete]
+    stale = (have_on | have_off) - set(ids)
+    return missing, stale
 
 
 def _write(

@@ -335,10 +335,7 @@ class TPStore:
 
     def source_ids(self, source: str) -> tuple[set[str], set[str]]:
         """Ids of the chunks of ``source`` in the TP-on and the TP-off collection."""
-        return tuple(  # type: ignore[return-value]
-            set(collection.get(where={"source": source}, include=[])["ids"])
-            for collection in (self.on, self.off)
-        )
+        return source_ids(self.on, self.off, source)
 
     def chunks_by_source(self) -> dict[str, set[str]]:
         """Every source in the store and the ids of its chunks (both collections together)."""
@@ -358,27 +355,14 @@ class TPStore:
         off_vectors: np.ndarray,
     ) -> None:
         """Write ``(source, chunk)`` entries with their TP-on and TP-off vectors (same order)."""
-        if not len(entries) == len(on_vectors) == len(off_vectors):
-            raise ValueError(
-                f"{len(entries)} chunks but {len(on_vectors)} TP-on and {len(off_vectors)} "
-                "TP-off vectors"
-            )
-        step = self.client.get_max_batch_size()
-        for begin in range(0, len(entries), step):
-            part = entries[begin : begin + step]
-            ids = [chunk_id(source, chunk) for source, chunk in part]
-            documents = [chunk.text for _, chunk in part]
-            metadatas = [
-                {"source": source, "chunk_index": c.index, "start": c.start, "end": c.end}
-                for source, c in part
-            ]
-            for collection, vectors in ((self.on, on_vectors), (self.off, off_vectors)):
-                collection.upsert(
-                    ids=ids,
-                    embeddings=vectors[begin : begin + step],
-                    documents=documents,
-                    metadatas=metadatas,
-                )
+        upsert_chunks(
+            self.on,
+            self.off,
+            entries,
+            on_vectors,
+            off_vectors,
+            max_batch=self.client.get_max_batch_size(),
+        )
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove chunks from both collections (ids absent from one are ignored there)."""
@@ -425,6 +409,55 @@ class TPStore:
             )
             for rank, (id_, text, meta, distance) in enumerate(rows, start=1)
         ]
+
+
+def source_ids(on: Any, off: Any, source: str) -> tuple[set[str], set[str]]:
+    """Ids of the chunks of ``source`` in a store's TP-on and TP-off collections.
+
+    ``TPStore.source_ids`` for code that holds the two Chroma collections but no encoder (the
+    workers of ``tp_rag.distributed``).
+    """
+    return tuple(  # type: ignore[return-value]
+        set(collection.get(where={"source": source}, include=[])["ids"]) for collection in (on, off)
+    )
+
+
+def upsert_chunks(
+    on: Any,
+    off: Any,
+    entries: Sequence[tuple[str, Chunk]],
+    on_vectors: np.ndarray,
+    off_vectors: np.ndarray,
+    *,
+    max_batch: int,
+) -> None:
+    """Write ``(source, chunk)`` entries with their TP-on and TP-off vectors (same order) to a
+    store's two collections, under ``chunk_id`` ids, ``max_batch`` (the client's
+    ``get_max_batch_size()``) at a time.
+
+    ``TPStore.upsert`` for code that holds the two collections but no encoder. Writing the
+    same entries again changes nothing (upserts under deterministic ids).
+    """
+    if not len(entries) == len(on_vectors) == len(off_vectors):
+        raise ValueError(
+            f"{len(entries)} chunks but {len(on_vectors)} TP-on and {len(off_vectors)} "
+            "TP-off vectors"
+        )
+    for begin in range(0, len(entries), max_batch):
+        part = entries[begin : begin + max_batch]
+        ids = [chunk_id(source, chunk) for source, chunk in part]
+        documents = [chunk.text for _, chunk in part]
+        metadatas = [
+            {"source": source, "chunk_index": c.index, "start": c.start, "end": c.end}
+            for source, c in part
+        ]
+        for collection, vectors in ((on, on_vectors), (off, off_vectors)):
+            collection.upsert(
+                ids=ids,
+                embeddings=vectors[begin : begin + max_batch],
+                documents=documents,
+                metadatas=metadatas,
+            )
 
 
 def rank_change(hit: Hit, other: Sequence[Hit]) -> int | None:

@@ -92,21 +92,26 @@ def run_ingest(args: argparse.Namespace) -> int:
     out, err = Console(), Console(stderr=True)
     if args.dry_run and not args.prune:
         raise ValueError("--dry-run goes with --prune: it lists what --prune would remove")
+    if args.ray is not None:
+        _check_ray_options(args)
     store = open_store(args, create=True)
     if args.prune:  # checks the paths (a typo is refused) before anything is written
         pruning = prune(args.paths, store, dry_run=True)
         if args.dry_run:
             _print_pruned(out, pruning)
             return 0
-    bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
-    with bars:
-        summary = ingest(
-            args.paths,
-            store,
-            chunk_size=args.chunk_size,
-            chunk_overlap=args.chunk_overlap,
-            progress=bars,
-        )
+    if args.ray is not None:
+        summary = _ingest_on_ray(args, store, err)
+    else:
+        bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
+        with bars:
+            summary = ingest(
+                args.paths,
+                store,
+                chunk_size=args.chunk_size,
+                chunk_overlap=args.chunk_overlap,
+                progress=bars,
+            )
     if args.prune:
         _print_pruned(out, prune(args.paths, store))
     on, off = store.count()
@@ -118,6 +123,90 @@ def run_ingest(args: argparse.Namespace) -> int:
             table.add_row(path, reason)
         out.print(table)
     return 1 if summary.skipped and not summary.files else 0
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Ray (pip install "tp-rag[ray]"; needs --chroma-host)')
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=(
+            "run on Ray: without ADDRESS start or join a local Ray; 'auto' or ray://HOST:PORT "
+            "for a cluster (put --ray after the paths)"
+        ),
+    )
+    group.add_argument("--ray-address", dest="ray", metavar="ADDRESS", help="same as --ray ADDRESS")
+    group.add_argument(
+        "--ray-actors", type=int, default=1, metavar="N", help="embedding actors (default 1)"
+    )
+    group.add_argument(
+        "--ray-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="chunks per call into an actor (default 64)",
+    )
+    group.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per embedding actor (default 0: CPU actors)",
+    )
+    group.add_argument(
+        "--ray-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads (and reserved CPUs) per CPU actor (default: CPUs / actors)",
+    )
+    group.add_argument(
+        "--ray-writers", type=int, default=1, metavar="N", help="writer actors (default 1)"
+    )
+
+
+def _check_ray_options(args: argparse.Namespace) -> None:
+    """Refuse ``--ray`` without Ray Data or without a Chroma server, before anything is made."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            'ingesting with --ray needs Ray Data, which is not installed: pip install "tp-rag[ray]"'
+        ) from None
+    if not args.chroma_host:
+        raise ValueError(
+            "--ray writes from several processes at once, and an embedded Chroma database "
+            f"folder ({args.db or args.default_db}) is safe for one process only; start a Chroma "
+            "server (`chroma run --path DIR --port 8000`) and pass --chroma-host HOST "
+            "[--chroma-port PORT]"
+        )
+    if args.ray and Path(args.ray).exists():
+        raise ValueError(
+            f"--ray took {args.ray!r} as the Ray address, but it is a file or folder: put --ray "
+            "after the paths, or give the address with --ray-address"
+        )
+
+
+def _ingest_on_ray(args: argparse.Namespace, store: Any, err: Any) -> Any:
+    """``tp-rag ingest --ray``: ``tp_rag.distributed.ingest_ray`` into a Chroma server."""
+    from tp_rag.distributed import DEFAULT_RAY_BATCH_SIZE, ingest_ray
+
+    return ingest_ray(
+        args.paths,
+        store,
+        chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap,
+        address=args.ray or None,
+        actors=args.ray_actors,
+        batch_size=args.ray_batch_size or DEFAULT_RAY_BATCH_SIZE,
+        gpus_per_actor=args.ray_gpus,
+        threads=args.ray_threads,
+        writers=args.ray_writers,
+        progress=None if err.is_terminal else LineProgress(sys.stderr),  # else Ray's own bars
+    )
 
 
 def _print_pruned(out: Any, pruning: Any) -> None:
@@ -201,6 +290,7 @@ def register(subparsers: Any) -> None:
         help="with --prune: only list what would be removed; ingest and remove nothing",
     )
     add_store_options(ingest_parser, default_db="chroma_db")
+    _add_ray_options(ingest_parser)
     ingest_parser.set_defaults(func=run_ingest)
 
     query_parser = subparsers.add_parser(
