@@ -5,20 +5,50 @@ PY := $(VENV)/bin/python
 INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 STAMP := $(VENV)/.tp-rag-installed
 
+# Which torch build `make install` puts into .venv (before tp-rag, so pip keeps it). On Linux
+# without an NVIDIA GPU (no nvidia-smi on PATH) it is the CPU build from PyTorch's CPU index: the
+# default wheels there bundle CUDA (about 20 nvidia-* packages, several GB). Elsewhere (a GPU
+# machine, macOS, Windows) it is pip's default index. Override either, e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu126   (a given CUDA build)
+#   make install TORCH_INDEX=                                         (pip's default index)
+#   make install TORCH="torch==2.6.0"                                 (a given version)
+# A torch already in .venv is kept; `make print-torch` shows the choice without installing.
+TORCH ?= torch
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+NVIDIA_SMI := $(shell command -v nvidia-smi 2>/dev/null)
+ifeq ($(shell uname -s)$(NVIDIA_SMI),Linux)
+TORCH_MACHINE := Linux without nvidia-smi
+TORCH_INDEX ?= $(TORCH_CPU_INDEX)
+else
+TORCH_MACHINE := $(if $(NVIDIA_SMI),nvidia-smi found,not Linux)
+TORCH_INDEX ?=
+endif
+TORCH_WHY := $(if $(filter file,$(origin TORCH_INDEX)),$(TORCH_MACHINE),TORCH_INDEX given)
+TORCH_FROM := $(if $(TORCH_INDEX),from $(TORCH_INDEX),from pip's default index)
+
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo bench clean
+.PHONY: help install print-torch test test-all lint format demo bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch is already in $(VENV): kept (make clean first to change the build)"; \
+	else \
+		echo "installing $(TORCH) $(TORCH_FROM) ($(TORCH_WHY))"; \
+		$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) || exit 1; \
+	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	for p in $(dir $(INTEGRATIONS)); do $(PY) -m pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install tp-rag, its extras and the integrations (editable)
+install: $(STAMP)  ## create .venv and install torch (CPU build without a GPU), tp-rag and the integrations
+
+print-torch:  ## say which torch build `make install` would install, and why
+	@echo "$(TORCH) $(TORCH_FROM) ($(TORCH_WHY)); set TORCH_INDEX=... or TORCH=... to change"
 
 test: $(STAMP)  ## run the test suites (core, integrations) on CPU
 	$(PY) -m pytest tests
@@ -36,7 +66,7 @@ format: $(STAMP)  ## ruff format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 demo: $(STAMP)  ## open the web demo on 127.0.0.1:7860 (MODEL=/path/to/local/model to run offline)
-	$(VENV)/bin/tp-rag demo $(if $(MODEL),--model $(MODEL))
+	TP_RAG_MODEL_HINT='make demo MODEL={path}' $(VENV)/bin/tp-rag demo $(if $(MODEL),--model $(MODEL))
 
 bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmarks.md)
 	$(PY) benchmarks/bench_encoder.py

@@ -35,6 +35,7 @@ from tp_rag.documents import SUFFIXES
 from tp_rag.encoder import TPEncoder
 from tp_rag.evaluation import evaluate_retrieval, tp_systems
 from tp_rag.ingest import IngestSummary, ingest
+from tp_rag.progress import Estimate, IngestCounts
 from tp_rag.store import Hit, TPStore, describe_change, rank_change
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
@@ -44,32 +45,55 @@ SAMPLE = Path(__file__).resolve().parent / "sample"
 SAMPLE_CHOICE = "Bundled sample set (32 documents, 13 queries)"
 UPLOAD_CHOICE = "Uploaded BEIR folder or zip"
 RECALL_AT = 10  # the demo's sets are small: Recall@10 beside nDCG@10 and MRR@10
-_COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
-_WIDTHS = ["10%", "18%", "14%", "24%", "34%"]
+_COLUMNS = ["#", "similarity", "vs other", "source", "snippet"]
+_WIDTHS = ["6%", "19%", "15%", "24%", "36%"]  # "similarity" fits on one line at 1400 px
+_SNIPPET = 120  # characters: five results fit on a screen
+_NEXT_STEPS = (
+    "The collection is empty: upload files and press **Ingest files**, or press **Load the "
+    "sample corpus** (32 short documents). Then search them on the **Compare** tab."
+)
+INTRO = """\
+# Token Prepending: retrieval with TP on and off
+
+**Token Prepending (TP)** makes a decoder-only LLM's sentence embedding see the whole sentence,
+without training: a placeholder token put before the sentence is overwritten, in the first
+layers, with the model's summary of the sentence, so every word can attend to it. This demo
+embeds every chunk of your documents twice, with TP on and with TP off, so you can see what
+changes.
+
+**1. Ingest** your documents (or the sample corpus) → **2. Compare** the results of a search with
+TP on and off → **3. Evaluate** both on questions with known answers.
+"""
 
 
 # --- the handlers ----------------------------------------------------------------------------
 
 
-class _IngestBar:
-    """``IngestProgress`` onto a ``gr.Progress``."""
+class _IngestBar(IngestCounts):
+    """``IngestProgress`` onto a ``gr.Progress``: files read, then chunks embedded with TP on and
+    off in counts, with an estimate of the time left."""
 
     def __init__(self, progress: Any) -> None:
+        super().__init__()
         self._progress = progress
-        self._files = self._read = self._queued = self._written = 0
 
     def files_found(self, total: int) -> None:
-        self._files = total
-        self._progress((0, total), desc="reading files")
+        super().files_found(total)
+        self._progress(0.0, desc=f"reading {total} file{'' if total == 1 else 's'}")
 
     def file_read(self, name: str, chunks: int) -> None:
-        self._read += 1
-        self._queued += chunks
-        self._progress((self._read, self._files), desc=f"read {Path(name).name}")
+        super().file_read(name, chunks)
+        self._progress(
+            self.fraction, desc=f"read {self.read}/{self.files} files: {Path(name).name}"
+        )
+
+    def chunks_embedded(self, count: int, tp: bool) -> None:
+        super().chunks_embedded(count, tp)
+        self._progress(self.fraction, desc=self.describe())
 
     def chunks_written(self, count: int) -> None:
-        self._written += count
-        self._progress((self._written, self._queued), desc="embedding chunks, TP on and off")
+        super().chunks_written(count)
+        self._progress(self.fraction, desc=self.describe())
 
 
 def _hits_frame(hits: list[Hit], other: list[Hit], side: str) -> pd.DataFrame:
@@ -79,7 +103,7 @@ def _hits_frame(hits: list[Hit], other: list[Hit], side: str) -> pd.DataFrame:
             round(hit.similarity, 4),
             describe_change(rank_change(hit, other), side),
             f"{hit.source} #{hit.chunk_index}",
-            hit.snippet(240),
+            hit.snippet(_SNIPPET),
         ]
         for hit in hits
     ]
@@ -107,18 +131,21 @@ class Demo:
         self.sample = sample
 
     def status(self) -> str:
-        """The collection's size, as Markdown."""
+        """The collection's size, as Markdown, with what to do next when it is empty."""
         on, off = self.store.count()
-        return (
+        text = (
             f"Collection `{self.store.on.name}` holds **{on}** chunks embedded with TP on, "
             f"`{self.store.off.name}` **{off}** with TP off."
         )
+        return f"{text}\n\n{_NEXT_STEPS}" if on == 0 else text
 
     def _report(self, summary: IngestSummary) -> str:
         lines = [f"**Ingested:** {summary}.", "", self.status()]
         if summary.skipped:
             lines += ["", "**Skipped:**"]
             lines += [f"- `{Path(path).name}`: {reason}" for path, reason in summary.skipped]
+        if self.store.count()[0]:
+            lines += ["", "**Next:** search your documents on the **Compare** tab."]
         return "\n".join(lines)
 
     def ingest_files(self, files: Sequence[str | Path] | None, progress: Any = None) -> str:
@@ -150,7 +177,10 @@ class Demo:
         """The ``k`` best chunks with TP on and with TP off, and a status line."""
         on, off = self.store.search(query, k=int(k))
         if not on:
-            note = "The collection is empty: ingest some files (or the sample corpus) first."
+            note = (
+                "Nothing to search yet: the collection is empty. Ingest files or the sample "
+                "corpus on the **Ingest** tab first."
+            )
         else:
             shared = len({h.id for h in on} & {h.id for h in off})
             note = (
@@ -174,10 +204,18 @@ class Demo:
             data = read_labelled_documents(self.sample)
         # Only queries with a relevant document: one judged all non-relevant would score 0.
         data = relevant_only(data)
+        if progress is not None:
+            progress(
+                0.0,
+                desc=f"embedding {len(data.documents)} documents and "
+                f"{len(data.queries)} queries with TP on and off",
+            )
         started = time.perf_counter()
+        estimate = Estimate("texts")
 
         def report(done: int, total: int, what: str) -> None:
-            progress((done, total), desc=f"embedding {what}")
+            estimate.update(done, total)
+            progress(estimate.fraction, desc=f"embedding {what}: {estimate}")
 
         result = evaluate_retrieval(
             tp_systems(self.encoder),
@@ -201,7 +239,7 @@ class Demo:
         )
         chart = pd.DataFrame(
             [
-                {"bar": f"{metric} {side}", "score": scores[side][metric], "setting": side}
+                {"bar": f"{metric}, {side}", "score": scores[side][metric], "setting": side}
                 for metric in metrics
                 for side in ("TP on", "TP off")
             ]
@@ -217,17 +255,35 @@ class Demo:
 # --- the app ---------------------------------------------------------------------------------
 
 
-def _user_errors(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Show expected problems (bad input, missing files) in the page, not as a crash."""
+METRICS_HELP = """\
+Each question has known relevant documents. For each question, the documents are ranked by
+cosine similarity, and the ranking is scored (0 to 1, higher is better), then averaged:
+**nDCG@10** rewards relevant documents near the top of the first 10, weighing graded labels;
+**Recall@10** is the share of the relevant documents found in the first 10; **MRR@10** is
+1 / the rank of the first relevant document (0 if it is not in the first 10). The set's own
+documents are embedded for this, with TP on and off; your ingested collection is not used.
+"""
 
-    @functools.wraps(function)  # gradio reads the signature (inputs, gr.Progress)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, OSError) as error:
-            raise gr.Error(str(error), print_exception=False) from error
 
-    return wrapped
+def _shown_in_page(status_output: int, outputs: int) -> Callable[..., Any]:
+    """Show expected problems (bad input, missing files) in the page: a warning and a line in
+    the status output, leaving the other outputs (earlier results) as they were."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)  # gradio reads the signature (inputs, gr.Progress)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except (ValueError, OSError) as error:
+                message = str(error)
+                gr.Warning(message)
+                results: list[Any] = [gr.skip()] * outputs
+                results[status_output] = f"**Not done:** {message}."
+                return results[0] if outputs == 1 else tuple(results)
+
+        return wrapped
+
+    return decorate
 
 
 def _remove_uploads(files: Sequence[str | Path] | None) -> None:
@@ -247,7 +303,8 @@ def build_app(demo: Demo) -> gr.Blocks:
     """The ``gr.Blocks`` app: tabs Ingest, Compare and Evaluate over ``demo``'s handlers.
 
     API names (for ``gradio_client``): ``/ingest``, ``/ingest_sample``, ``/compare``,
-    ``/evaluate``, ``/status``.
+    ``/evaluate``, ``/status``. Bad input (an empty query, no upload) does not raise: the
+    status output (the last one) says what is wrong, and the other outputs are left as they were.
     """
     config = demo.encoder.config
     try:
@@ -255,22 +312,22 @@ def build_app(demo: Demo) -> gr.Blocks:
     except (OSError, ValueError):
         sample_queries = []  # no sample, no examples
 
-    @_user_errors
+    @_shown_in_page(0, 1)
     def on_ingest(files: list[str] | None, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008
         try:
             return demo.ingest_files(files, progress)
         finally:
             _remove_uploads(files)
 
-    @_user_errors
+    @_shown_in_page(0, 1)
     def on_sample(progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008
         return demo.ingest_sample(progress)
 
-    @_user_errors
+    @_shown_in_page(2, 3)
     def on_compare(query: str, k: float) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         return demo.compare(query, int(k))
 
-    @_user_errors
+    @_shown_in_page(2, 3)
     def on_evaluate(
         choice: str,
         files: list[str] | None,
@@ -293,14 +350,21 @@ def build_app(demo: Demo) -> gr.Blocks:
     with gr.Blocks(
         title="tp-rag: retrieval with Token Prepending on and off", delete_cache=(3600, 3600)
     ) as app:
-        gr.Markdown(
-            "# tp-rag: retrieval with Token Prepending on and off\n"
-            f"Model `{config.model}` · {layers} · readout layer {config.output_layer} · "
-            f"prompt `{config.prompt}` · "
-            f"collections `{demo.store.on.name}` (TP on) and `{demo.store.off.name}` (TP off)"
-        )
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Accordion("Model and settings", open=False, elem_id="settings"):
+            gr.Markdown(
+                f"Model `{config.model}` · {layers} (0-based) · readout layer "
+                f"{config.output_layer} · prompt `{config.prompt}` · collections "
+                f"`{demo.store.on.name}` (TP on) and `{demo.store.off.name}` (TP off)"
+            )
         with gr.Tabs():
-            with gr.Tab("Ingest", id="ingest"):
+            with gr.Tab("1. Ingest", id="ingest"):
+                gr.Markdown(
+                    f"Upload {', '.join(SUFFIXES)} files, or load the bundled sample corpus. "
+                    "Each file is split into chunks and every chunk is embedded twice, with TP on "
+                    "and off; on a CPU this takes a while, and the bar shows the chunks done and "
+                    "the time left. Files already ingested unchanged are skipped."
+                )
                 upload = gr.File(
                     label=f"Documents ({', '.join(SUFFIXES)})",
                     file_count="multiple",
@@ -311,7 +375,7 @@ def build_app(demo: Demo) -> gr.Blocks:
                     ingest_button = gr.Button("Ingest files", variant="primary", elem_id="ingest")
                     sample_button = gr.Button("Load the sample corpus", elem_id="load-sample")
                 ingest_status = gr.Markdown(elem_id="ingest-status")
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("2. Compare", id="compare"):
                 with gr.Row():
                     query = gr.Textbox(
                         label="Query",
@@ -323,17 +387,23 @@ def build_app(demo: Demo) -> gr.Blocks:
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 if sample_queries:
                     gr.Examples(
-                        [[q] for q in sample_queries[:6]], inputs=[query], label="Sample queries"
+                        [[q] for q in sample_queries[:6]],
+                        inputs=[query],
+                        label="Sample queries (for the sample corpus)",
                     )
                 compare_status = gr.Markdown(elem_id="compare-status")
                 gr.Markdown(
-                    "**vs other**: ▲n ranks n places higher than on the other side, ▼n lower, "
-                    "= the same; *only TP on* / *only TP off*: not in the other side's list."
+                    "**similarity**: cosine similarity of the query's vector and the chunk's "
+                    "(closer to 1 = closer in meaning; compare the order, not the values, across "
+                    "sides). **vs other**: ▲n ranks n places higher than on the other side, ▼n "
+                    "lower, = the same; *only TP on* / *only TP off*: not in the other side's "
+                    "list.",
+                    elem_id="compare-help",
                 )
                 with gr.Row():
                     tables = []
                     for side, elem_id in (("TP on", "tp-on"), ("TP off", "tp-off")):
-                        with gr.Column():
+                        with gr.Column(min_width=600):  # side by side when wide, else stacked
                             gr.Markdown(f"### {side}")
                             tables.append(
                                 gr.Dataframe(
@@ -341,11 +411,13 @@ def build_app(demo: Demo) -> gr.Blocks:
                                     interactive=False,
                                     wrap=True,
                                     column_widths=_WIDTHS,
+                                    max_height=1200,
                                     elem_id=elem_id,
                                 )
                             )
                     on_table, off_table = tables
-            with gr.Tab("Evaluate", id="evaluate"):
+            with gr.Tab("3. Evaluate", id="evaluate"):
+                gr.Markdown(METRICS_HELP, elem_id="metrics-help")
                 choice = gr.Radio(
                     [SAMPLE_CHOICE, UPLOAD_CHOICE], value=SAMPLE_CHOICE, label="Labelled queries"
                 )
@@ -355,16 +427,29 @@ def build_app(demo: Demo) -> gr.Blocks:
                     file_types=[".zip", ".jsonl", ".tsv"],
                 )
                 evaluate_button = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
-                evaluate_status = gr.Markdown()
+                evaluate_status = gr.Markdown(elem_id="evaluate-status")
                 with gr.Row():
-                    metrics_table = gr.Dataframe(interactive=False, label="Scores")
+                    metrics_table = gr.Dataframe(
+                        interactive=False, label="Scores", elem_id="scores", min_width=360
+                    )
                     chart = gr.BarPlot(
                         x="bar",
                         y="score",
                         color="setting",
+                        x_title="metric, TP on / off",
+                        y_title="score (higher is better)",
+                        color_title="Token Prepending",
+                        color_map={"TP on": "#ea580c", "TP off": "#64748b"},
                         y_lim=[0, 1],
-                        sort=None,
+                        sort=[
+                            f"{metric}, {side}"
+                            for metric in ("nDCG@10", f"Recall@{RECALL_AT}", "MRR@10")
+                            for side in ("TP on", "TP off")
+                        ],
+                        x_label_angle=-30,
                         label="TP on vs TP off",
+                        min_width=360,
+                        elem_id="chart",
                     )
 
         ingest_button.click(on_ingest, [upload], [ingest_status], api_name="ingest")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from tp_rag.testing import ARCHITECTURES, save_tiny_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA_ENV = "TP_RAG_DATA"
+"""Names a folder of real evaluation data (layout in the README, "Reproducing the validation
+figures"); without it, ``../shared/data`` is used where it exists."""
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +35,26 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent (it exists only on the project's machines)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def data_path() -> Callable[[str], Path]:
+    """``data_path("sts/sick/SICK_test_annotated.txt")``: a file or folder of the real data under
+    ``$TP_RAG_DATA`` (else ``../shared/data``); the test skips, naming what is missing, when it
+    is not there."""
+    given = os.environ.get(DATA_ENV)
+    root = Path(given).expanduser() if given else SHARED / "data"
+    if given and not root.is_dir():
+        raise pytest.UsageError(f"{DATA_ENV}={given} is not a folder; point it at the data root")
+
+    def find(relative: str) -> Path:
+        path = root / relative
+        if not path.exists():
+            how = f"under {DATA_ENV}={given}" if given else f"(set {DATA_ENV}=/path/to/data)"
+            pytest.skip(f"{relative} is absent {how}; see the README for the layout")
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")

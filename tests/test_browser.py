@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TEXT = "Glaciers grind bedrock and turn narrow river valleys into wide U-shaped ones."
+
+SCREENSHOTS = os.environ.get("TP_RAG_SCREENSHOTS")
+"""A folder to keep the screenshots in (default: the test's temporary folder)."""
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
@@ -90,5 +94,105 @@ def test_upload_query_and_see_both_columns(url: str, browser: Any, tmp_path: Pat
     screenshot = tmp_path / "demo-compare.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
+    assert errors == []
+    page.close()
+
+
+def _shoot(page: Any, tmp_path: Path, name: str) -> None:
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+FIRST_CELLS = '[data-testid^="cell-"][data-testid$="-0"]'
+"""The first cell of each body row of a gr.Dataframe (it renders rows as role="row" divs)."""
+
+LINES_OF_TEXT = """(element) => {
+    const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+    let node, lines = 0;
+    while ((node = walker.nextNode())) {
+        if (!node.textContent.trim()) continue;
+        const range = document.createRange();
+        range.selectNodeContents(node);
+        const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+        lines += tops.size;
+    }
+    return lines;
+}"""
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_a_first_visit_explains_itself_and_survives_bad_input(
+    url: str, browser: Any, tmp_path: Path, width: int
+) -> None:
+    """In Chromium at 1400 and 800 px: the page says what TP is and what to do first; after the
+    sample corpus is in, five results per side show in full with one-line headers; an empty
+    query or Evaluate without an upload says what is wrong and keeps the earlier results (no
+    "Error" badges); the metrics are explained and the chart lists TP on before TP off."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+
+    intro = page.locator("#intro")
+    expect(intro).to_contain_text("Token Prepending (TP)", timeout=30_000)
+    expect(intro).to_contain_text("1. Ingest")
+    expect(intro).to_contain_text("3. Evaluate")
+    status = page.locator("#ingest-status")
+    expect(status).to_contain_text("chunks embedded with TP on")
+    if "holds 0 chunks" in status.inner_text():
+        expect(status).to_contain_text("Load the sample corpus")
+    _shoot(page, tmp_path, f"{width}-1-ingest")
+
+    page.locator("#load-sample").click()
+    expect(status).to_contain_text("Ingested", timeout=120_000)
+    expect(status).to_contain_text("Next: search your documents on the Compare tab")
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#query textarea").fill("How do glaciers shape valleys?")
+    page.locator("#search").click()
+    expect(page.locator("#compare-status")).to_contain_text("found by both", timeout=60_000)
+    expect(page.locator("#compare-help")).to_contain_text("cosine similarity")
+    for column in ("#tp-on", "#tp-off"):
+        table = page.locator(column)
+        expect(table.locator(FIRST_CELLS)).to_have_count(5)
+        expect(table).to_contain_text("sample/")
+        last_row, box = table.locator(FIRST_CELLS).last.bounding_box(), table.bounding_box()
+        assert last_row is not None and box is not None
+        assert last_row["y"] + last_row["height"] <= box["y"] + box["height"] + 1, "rows cut off"
+        for header in ("similarity", "source", "snippet"):
+            cell = table.locator(f'[role="columnheader"][title="{header}"]')
+            assert cell.evaluate(LINES_OF_TEXT) == 1, f"header {header!r} wraps at {width} px"
+    _shoot(page, tmp_path, f"{width}-2-compare")
+
+    page.locator("#query textarea").fill("   ")
+    page.locator("#search").click()
+    expect(page.locator("#compare-status")).to_contain_text(
+        "Not done: the query is empty", timeout=30_000
+    )
+    expect(page.locator("#tp-on").locator(FIRST_CELLS)).to_have_count(5)  # earlier results stay
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    _shoot(page, tmp_path, f"{width}-3-compare-empty-query")
+
+    page.get_by_role("tab", name="Evaluate").click()
+    expect(page.locator("#metrics-help")).to_contain_text("Recall@10 is the share")
+    page.locator("#evaluate").click()
+    evaluate_status = page.locator("#evaluate-status")
+    expect(evaluate_status).to_contain_text("13 queries over 32 documents", timeout=120_000)
+    expect(page.locator("#scores")).to_contain_text("nDCG@10")
+    chart = page.locator("#chart")
+    expect(chart).to_contain_text("TP on vs TP off")
+    _shoot(page, tmp_path, f"{width}-4-evaluate")
+
+    page.get_by_text("Uploaded BEIR folder or zip").click()
+    page.locator("#evaluate").click()
+    expect(evaluate_status).to_contain_text("Not done: upload a BEIR folder", timeout=30_000)
+    expect(page.locator("#scores")).to_contain_text("MRR@10")  # the earlier scores stay
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    _shoot(page, tmp_path, f"{width}-5-evaluate-no-upload")
     assert errors == []
     page.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -251,9 +252,9 @@ def test_relevant_only_keeps_queries_with_a_positive_label(tmp_path: Path) -> No
         relevant_only(read_beir(tmp_path))
 
 
-def test_real_sts_files_have_their_documented_sizes(shared_dir: Path) -> None:
-    """The shared STS-B and SICK files read to the pair counts their READMEs give."""
-    sts = shared_dir / "data" / "sts"
+def test_real_sts_files_have_their_documented_sizes(data_path: Callable[[str], Path]) -> None:
+    """The real STS-B and SICK files read to the pair counts their READMEs give."""
+    sts = data_path("sts")
     assert len(read_sts(sts / "stsbenchmark" / "sts-test.csv")) == 1379
     assert len(read_sts(sts / "stsbenchmark" / "sts-dev.csv")) == 1500
     assert len(read_sts(sts / "sick" / "SICK_test_annotated.txt")) == 4927
@@ -261,9 +262,9 @@ def test_real_sts_files_have_their_documented_sizes(shared_dir: Path) -> None:
     assert set(found) == {"STS-B", "SICK-R"} and len(missing) == 5
 
 
-def test_real_cranfield_has_its_documented_size(shared_dir: Path) -> None:
+def test_real_cranfield_has_its_documented_size(data_path: Callable[[str], Path]) -> None:
     """Cranfield: 1,400 abstracts, 225 judged queries, 1,837 judgements."""
-    data = read_beir(shared_dir / "data" / "retrieval" / "cranfield")
+    data = read_beir(data_path("retrieval/cranfield"))
     assert len(data.documents) == 1400 and len(data.queries) == 225
     assert sum(len(docs) for docs in data.qrels.values()) == 1837
 

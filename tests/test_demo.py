@@ -4,6 +4,8 @@ through gradio_client."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,11 +20,12 @@ import httpx
 import pytest
 
 from tp_rag import TPEncoder
-from tp_rag.cli.demo import demo_directory, load_demo_module
+from tp_rag.cli import build_parser
+from tp_rag.cli.demo import demo_directory, load_demo_module, server_address
 from tp_rag.datasets import read_labelled_documents, relevant_only
 from tp_rag.store import connect, describe_change
 
-COLUMNS = ["rank", "similarity", "vs other", "source", "snippet"]
+COLUMNS = ["#", "similarity", "vs other", "source", "snippet"]
 
 FILES = {
     "comets.txt": "Comets are balls of ice and dust that grow tails near the Sun.",
@@ -112,12 +115,10 @@ def test_compare_handler_gives_two_marked_columns(demo: Any, uploads: list[Path]
     assert list(on.columns) == list(off.columns) == COLUMNS
     assert on["source"][0] == off["source"][0] == "comets.txt #0"
     assert on["similarity"][0] == pytest.approx(1.0, abs=1e-3)
-    assert list(on["rank"]) == list(range(1, len(on) + 1))
+    assert list(on["#"]) == list(range(1, len(on) + 1))
     for table, other, side in ((on, off, "TP on"), (off, on, "TP off")):
-        ranks = dict(zip(other["source"], other["rank"], strict=True))
-        for source, rank, mark in zip(
-            table["source"], table["rank"], table["vs other"], strict=True
-        ):
+        ranks = dict(zip(other["source"], other["#"], strict=True))
+        for source, rank, mark in zip(table["source"], table["#"], table["vs other"], strict=True):
             change = ranks[source] - rank if source in ranks else None
             assert mark == describe_change(change, side)
     assert "found by both" in note
@@ -126,7 +127,7 @@ def test_compare_handler_gives_two_marked_columns(demo: Any, uploads: list[Path]
 def test_compare_on_an_empty_collection_and_an_empty_query(demo: Any) -> None:
     """An empty collection gives empty tables and says so; an empty query is an error."""
     on, off, note = demo.compare("anything", k=3)
-    assert on.empty and off.empty and "empty" in note
+    assert on.empty and off.empty and "the collection is empty" in note and "Ingest" in note
     with pytest.raises(ValueError, match="empty"):
         demo.compare("   ", k=3)
 
@@ -237,15 +238,17 @@ def test_launched_app_through_gradio_client(served: tuple[str, Any], uploads: li
 def test_launched_app_shows_errors_and_limits_uploads(
     served: tuple[str, Any], app_module: ModuleType
 ) -> None:
-    """A bad request comes back as the handler's message, and the server enforces the upload
-    size limit it was launched with."""
+    """Bad input comes back as the handler's message in the status output (earlier results are
+    left alone, not replaced by an error), and the server enforces the upload size limit it
+    was launched with."""
     from gradio_client import Client
-    from gradio_client.exceptions import AppError
 
     url, _ = served
     client = Client(url, verbose=False)
-    with pytest.raises(AppError, match="the query is empty"):
-        client.predict("  ", 3, api_name="/compare")
+    *_, note = client.predict("  ", 3, api_name="/compare")
+    assert note == "**Not done:** the query is empty; type what you are looking for."
+    *_, note = client.predict("Uploaded BEIR folder or zip", [], api_name="/evaluate")
+    assert note.startswith("**Not done:** upload a BEIR folder")
     assert client.config["max_file_size"] == 20 * 1024**2
     too_big = ("big.txt", b"x" * (20 * 1024**2 + 1), "text/plain")
     response = httpx.post(f"{url}gradio_api/upload", files={"files": too_big}, timeout=60)
@@ -257,8 +260,9 @@ def test_launched_app_shows_errors_and_limits_uploads(
 def test_tp_rag_demo_command_serves_the_app(
     tmp_path: Path, tiny_llama: Path, uploads: list[Path]
 ) -> None:
-    """`tp-rag demo` (what `make demo` runs) serves the app on 127.0.0.1; given the name of a
-    collection made by `tp-rag ingest`, it reuses that collection's model and settings."""
+    """`tp-rag demo` (what `make demo` runs) serves the app on 127.0.0.1, on the port in
+    GRADIO_SERVER_PORT when --port is not given; given the name of a collection made by
+    `tp-rag ingest`, it reuses that collection's model and settings."""
     from gradio_client import Client
 
     from tp_rag.cli import main
@@ -270,10 +274,11 @@ def test_tp_rag_demo_command_serves_the_app(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "tp_rag", "demo", "--db", str(db), "--collection", "docs"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--device", "cpu"],
+    server = subprocess.Popen(  # the port as Gradio users give it, in GRADIO_SERVER_PORT
+        [*command, "--device", "cpu"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "GRADIO_SERVER_PORT": str(port)},
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -319,3 +324,60 @@ def test_uploads_are_deleted_once_processed(
     client.predict("Uploaded BEIR folder or zip", [handle_file(str(archive))], api_name="/evaluate")
     left = [p.name for p in Path(get_upload_folder()).rglob(f"*{tag}*")]
     assert left == []
+
+
+def test_demo_address_flags_then_gradio_variables_then_loopback() -> None:
+    """--host/--port win; without them GRADIO_SERVER_NAME/GRADIO_SERVER_PORT (Gradio's own
+    conventions) are honoured; with neither, 127.0.0.1:7860; a bad port variable is explained."""
+    plain = build_parser().parse_args(["demo"])
+    flags = build_parser().parse_args(["demo", "--host", "0.0.0.0", "--port", "9000"])
+    gradio_env = {"GRADIO_SERVER_NAME": "192.168.1.5", "GRADIO_SERVER_PORT": "8111"}
+    assert server_address(plain, {}) == ("127.0.0.1", 7860)
+    assert server_address(plain, gradio_env) == ("192.168.1.5", 8111)
+    assert server_address(flags, gradio_env) == ("0.0.0.0", 9000)
+    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT='http' is not a port number"):
+        server_address(plain, {"GRADIO_SERVER_PORT": "http"})
+
+
+def test_status_and_reports_say_what_to_do_next(demo: Any, uploads: list[Path]) -> None:
+    """An empty collection's status says to ingest files or the sample corpus; after an
+    ingest, the report points to the Compare tab."""
+    assert "Load the sample corpus" in demo.status()
+    report = demo.ingest_files([str(p) for p in uploads])
+    assert "**Next:** search your documents on the **Compare** tab" in report
+    assert "Load the sample corpus" not in demo.status()
+
+
+class RecordedProgress:
+    """Stands in for gr.Progress (a callable taking a fraction and a description)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []
+
+    def __call__(self, fraction: float, desc: str = "") -> None:
+        self.calls.append((fraction, desc))
+
+
+def test_ingest_progress_counts_chunks_with_time_left(demo: Any) -> None:
+    """Loading the sample corpus reports chunks embedded with TP on and off out of the total
+    (estimated while files remain), with the time left; the bar never moves back."""
+    progress = RecordedProgress()
+    demo.ingest_sample(progress)
+    lines = [desc for _, desc in progress.calls if desc.startswith("embedded")]
+    total = demo.store.count()[0]
+    assert lines[-1].startswith(f"embedded {total}/{total} chunks with TP on, {total} with TP off")
+    assert any(" left" in line for line in lines)
+    assert any(re.search(r"/~\d+ chunks", line) for line in lines)  # while files remain
+    fractions = [fraction for fraction, _ in progress.calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_evaluate_progress_counts_texts_with_time_left(demo: Any) -> None:
+    """Evaluate reports what it embeds, in texts done out of the total, before and during."""
+    progress = RecordedProgress()
+    demo.evaluate(progress=progress)
+    first, *rest = [desc for _, desc in progress.calls]
+    assert first == "embedding 32 documents and 13 queries with TP on and off"
+    assert rest[0].startswith("embedding documents, TP on: 32/90 texts")
+    assert "about" in rest[0] and "left" in rest[0]
+    assert rest[-1].startswith("embedding queries, TP off: 90/90 texts")

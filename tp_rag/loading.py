@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,22 +84,88 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+class ModelUnavailableError(OSError):
+    """A model could not be loaded (hub unreachable, unknown name, missing files).
+
+    The message says how to pass a local copy instead. ``hint`` is how the caller names a model,
+    with ``{path}`` for the folder: the Python call by default; the command line swaps in its own
+    option (``--model {path}``, ``make demo MODEL={path}``) before printing.
+    """
+
+    def __init__(self, name_or_path: str, reason: str) -> None:
+        super().__init__(name_or_path)
+        self.name_or_path = name_or_path
+        self.reason = reason
+        self.hint = "TPEncoder.from_pretrained('{path}')"
+
+    def __str__(self) -> str:
+        example = self.hint.replace("{path}", "/models/Qwen2.5-0.5B-Instruct")
+        return (
+            f"could not load model {self.name_or_path!r}: {self.reason}\n"
+            "Pass a local directory that holds the model's config.json, tokenizer and weights "
+            f"instead, e.g. {example}"
+        )
+
+
+HUB_PROBE_SECONDS = 3.0
+"""How long the hub probe waits before calling the hub unreachable."""
+_hub_probe: tuple[float, bool] | None = None  # (when, reachable), reused for a minute
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers at all: one quick request, instead of
+    huggingface_hub's backoff (six tries over about 30 s) for every file when it does not."""
+    global _hub_probe
+    if _hub_probe is not None and time.monotonic() - _hub_probe[0] < 60:
+        return _hub_probe[1]
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+        reachable = True
+    except Exception:  # the HTTP client's own transport errors (DNS, refused, timeout, proxy)
+        reachable = False
+    _hub_probe = (time.monotonic(), reachable)
+    return reachable
+
+
+def _hub_options(name_or_path: str) -> dict[str, Any]:
+    """``local_files_only=True`` for a hub name when the hub cannot be reached: the local cache
+    is used if it has the model, and otherwise the load fails at once."""
+    from huggingface_hub import constants
+
+    if Path(name_or_path).expanduser().is_dir() or constants.HF_HUB_OFFLINE:
+        return {}
+    return {} if _hub_reachable() else {"local_files_only": True}
+
+
+def _unavailable(name_or_path: str, options: dict[str, Any], error: Exception) -> OSError:
+    if options.get("local_files_only"):
+        from huggingface_hub import constants
+
+        reason = (
+            f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached and the model is "
+            f"not in the local cache ({constants.HF_HUB_CACHE})"
+        )
+        return ModelUnavailableError(name_or_path, reason)
+    return ModelUnavailableError(name_or_path, str(error))
+
+
 def load_config(
     name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> PretrainedConfig:
-    """Read a model's config and check that it is a decoder-only causal language model."""
+    """Read a model's config and check that it is a decoder-only causal language model.
+
+    Without a network, a hub name is read from the local cache, or fails at once with a
+    ``ModelUnavailableError`` that says how to pass a local directory.
+    """
+    options = _hub_options(name_or_path)
     try:
         config = AutoConfig.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, **options
         )
     except (OSError, ValueError) as error:
-        raise OSError(
-            f"could not load model {name_or_path!r}: {error}\n"
-            "Without a network, pass a local directory that holds the model's config.json, "
-            "tokenizer and weights, e.g. "
-            "TPEncoder.from_pretrained('/models/Qwen2.5-0.5B-Instruct') or "
-            "--model /models/Qwen2.5-0.5B-Instruct."
-        ) from error
+        raise _unavailable(name_or_path, options, error) from error
     check_decoder_only(config, name_or_path)
     return config
 
@@ -328,7 +395,8 @@ def _load_uncached(
     **model_kwargs: Any,
 ) -> LoadedModel:
     global load_count
-    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    options = _hub_options(name_or_path)
+    common = {"revision": revision, "trust_remote_code": trust_remote_code, **options}
     try:
         tokenizer = load_tokenizer(name_or_path, **common)
         # AutoModel gives the base decoder: the LM head is never loaded, let alone run.
@@ -342,11 +410,7 @@ def _load_uncached(
         finally:
             report_logger.removeFilter(head_filter)
     except OSError as error:
-        raise OSError(
-            f"could not load model {name_or_path!r}: {error}\n"
-            "Without a network, pass a local directory that holds the model's config.json, "
-            "tokenizer and weights."
-        ) from error
+        raise _unavailable(name_or_path, options, error) from error
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"model {name_or_path!r} has no fast (Rust) tokenizer; tp_rag needs one for "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tp_rag.cli.tune",
 )
 """Modules that add subcommands (``register(subparsers)``), in ``--help`` order."""
+
+MODEL_HINT_ENV = "TP_RAG_MODEL_HINT"
+"""How the user names a model where ``tp-rag`` was started, ``{path}`` for the folder (``make demo``
+sets ``make demo MODEL={path}``); by default the command's own ``--model {path}``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError, FileNotFoundError) as error:
+        loading = sys.modules.get("tp_rag.loading")  # loaded iff a model was asked for
+        if loading is not None and isinstance(error, loading.ModelUnavailableError):
+            command = " ".join(filter(None, (args.command, getattr(args, "eval_command", None))))
+            error.hint = os.environ.get(MODEL_HINT_ENV) or f"tp-rag {command} --model {{path}}"
         print(f"tp-rag {args.command}: error: {error}", file=sys.stderr)
         return 2
 

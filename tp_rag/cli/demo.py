@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,9 +46,29 @@ def load_demo_module() -> ModuleType:
     return module
 
 
+def server_address(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[str, int]:
+    """``(host, port)``: ``--host`` / ``--port`` if given, else Gradio's own variables
+    ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, else 127.0.0.1:7860."""
+    host = args.host or environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = args.port
+    if port is None:
+        value = environ.get("GRADIO_SERVER_PORT", "7860")
+        try:
+            port = int(value)
+        except ValueError:
+            raise ValueError(
+                f"GRADIO_SERVER_PORT={value!r} is not a port number; set it to one (e.g. 7860) "
+                "or pass --port"
+            ) from None
+    return host, port
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Load the encoder and serve the demo until interrupted."""
-    app_module = load_demo_module()
+    demo_directory()  # fail before loading anything when the app is missing
+    host, port = server_address(args)
     from tp_rag.store import check_name, stored_settings
 
     client = client_from_args(args)
@@ -55,9 +77,10 @@ def run_demo(args: argparse.Namespace) -> int:
         recorded = stored_settings(client, check_name(args.collection))
     encoder = encoder_for(args, recorded)
     print(f"loaded {encoder}", file=sys.stderr)
+    app_module = load_demo_module()  # gradio takes seconds to import: after the model's checks
     demo = app_module.Demo(encoder, client, collection=args.collection)
     app = app_module.build_app(demo)
-    app_module.launch(app, host=args.host, port=args.port, max_file_size=args.max_file_size)
+    app_module.launch(app, host=host, port=port, max_file_size=args.max_file_size)
     return 0
 
 
@@ -78,9 +101,13 @@ def register(subparsers: Any) -> None:
         help="collection to use (default: demo-<fingerprint>, one per encoder configuration)",
     )
     demo_parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default %(default)s)"
+        "--host",
+        default=None,
+        help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1)",
     )
-    demo_parser.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
+    demo_parser.add_argument(
+        "--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)"
+    )
     demo_parser.add_argument(
         "--max-file-size",
         default="20mb",

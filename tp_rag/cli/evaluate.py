@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from tp_rag.cli.options import add_encoder_options, console, encoder_from_args, note
@@ -19,18 +20,25 @@ from tp_rag.evaluation import (
     write_json,
 )
 from tp_rag.metrics import RETRIEVAL_METRICS
+from tp_rag.progress import Estimate
 
 
 class LineNotes:
-    """``EvalProgress`` as one stderr line each time a column starts on another set of texts."""
+    """``EvalProgress`` as stderr lines: texts embedded out of the total with an estimate of the
+    time left, when a column moves to another set of texts and at least every ``every`` s."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 10.0) -> None:
         self._what = ""
+        self._every = every
+        self._said = 0.0
+        self._estimate = Estimate("texts")
 
     def __call__(self, done: int, total: int, what: str) -> None:
-        if what != self._what:
-            self._what = what
-            note(f"embedding {what} ({done}/{total} texts done)")
+        self._estimate.update(done, total)
+        now = time.monotonic()
+        if what != self._what or now - self._said >= self._every or done >= total:
+            self._what, self._said = what, now
+            note(f"embedding {what}: {self._estimate}")
 
 
 def sts_table(report: dict[str, Any]) -> Any:

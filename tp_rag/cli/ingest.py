@@ -10,10 +10,12 @@ from typing import Any
 from tp_rag.cli.options import add_store_options, open_store
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
 from tp_rag.ingest import ingest, prune
+from tp_rag.progress import IngestCounts
 
 
-class BarProgress:
-    """Two rich progress bars (files read, chunks written) on a terminal."""
+class BarProgress(IngestCounts):
+    """Rich progress bars on a terminal: files read, chunks embedded with TP on and with TP off,
+    each with rich's own estimate of the time left."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import (
@@ -22,18 +24,24 @@ class BarProgress:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
+        super().__init__()
         self._progress = Progress(
-            TextColumn("{task.description:<7}"),
+            TextColumn("{task.description:<6}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[note]}", style="dim"),
             console=console,
         )
         self._files = self._progress.add_task("files", total=None, note="")
-        self._chunks = self._progress.add_task("chunks", total=0, note="")
+        self._tp = {
+            True: self._progress.add_task("TP on", total=0, note=""),
+            False: self._progress.add_task("TP off", total=0, note=""),
+        }
 
     def __enter__(self) -> BarProgress:
         self._progress.start()
@@ -42,24 +50,36 @@ class BarProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
+    def _show(self) -> None:
+        note = "" if self.read >= self.files else "(total so far)"
+        for tp, task in self._tp.items():
+            self._progress.update(task, completed=self.embedded[tp], total=self.queued, note=note)
+
     def files_found(self, total: int) -> None:
+        super().files_found(total)
         self._progress.update(self._files, total=total)
 
     def file_read(self, name: str, chunks: int) -> None:
-        self._progress.update(self._files, advance=1, note=Path(name).name)
-        task = self._progress.tasks[self._chunks]
-        self._progress.update(self._chunks, total=(task.total or 0) + chunks)
+        super().file_read(name, chunks)
+        self._progress.update(self._files, completed=self.read, note=Path(name).name)
+        self._show()
+
+    def chunks_embedded(self, count: int, tp: bool) -> None:
+        super().chunks_embedded(count, tp)
+        self._show()
 
     def chunks_written(self, count: int) -> None:
-        self._progress.update(self._chunks, advance=count)
+        super().chunks_written(count)
+        self._show()
 
 
-class LineProgress:
-    """Plain progress lines for logs (when stderr is not a terminal)."""
+class LineProgress(IngestCounts):
+    """Plain progress lines for logs (when stderr is not a terminal): each file, then the chunks
+    embedded with TP on and off after every batch, with an estimate of the time left."""
 
     def __init__(self, stream: Any) -> None:
+        super().__init__()
         self._stream = stream
-        self._files = self._read = self._queued = self._written = 0
 
     def __enter__(self) -> LineProgress:
         return self
@@ -71,17 +91,21 @@ class LineProgress:
         print(line, file=self._stream, flush=True)
 
     def files_found(self, total: int) -> None:
-        self._files = total
-        self._say(f"reading {total} files")
+        super().files_found(total)
+        self._say(f"reading {total} file{'' if total == 1 else 's'}")
 
     def file_read(self, name: str, chunks: int) -> None:
-        self._read += 1
-        self._queued += chunks
-        self._say(f"file {self._read}/{self._files}: {name} ({chunks} chunks to embed)")
+        super().file_read(name, chunks)
+        to_embed = f"{chunks} chunk{'' if chunks == 1 else 's'} to embed"
+        self._say(f"file {self.read}/{self.files}: {name} ({to_embed})")
+
+    def chunks_embedded(self, count: int, tp: bool) -> None:
+        super().chunks_embedded(count, tp)
+        self._say(self.describe())
 
     def chunks_written(self, count: int) -> None:
-        self._written += count
-        self._say(f"chunks written: {self._written}/{self._queued}")
+        super().chunks_written(count)
+        self._say(f"chunks written: {self.written}/{self.total}")
 
 
 def run_ingest(args: argparse.Namespace) -> int:
