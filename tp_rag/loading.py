@@ -300,7 +300,11 @@ def _tokenizer_file(name_or_path: str, revision: str | None) -> str | None:
 
 
 def load_tokenizer(
-    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **hub_options: Any,
 ) -> Any:
     """The checkpoint's tokenizer, splitting text exactly as its own ``tokenizer.json`` says.
 
@@ -314,11 +318,12 @@ def load_tokenizer(
     normalizer but a ``Metaspace`` pre-tokenizer, which leaves that space as a lone ``▁`` token
     (id 29871) before ``<PST>``. So the file's normalizer, pre-tokenizer and decoder replace the
     rebuilt ones wherever they differ; this must happen before ``<PST>`` is added.
+    ``hub_options`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``local_files_only``).
 
     >>> load_tokenizer("/models/Llama-2-7b-hf")("a <PST> b")  # doctest: +SKIP
     """
     tokenizer = AutoTokenizer.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code, **hub_options
     )
     path = _tokenizer_file(name_or_path, revision)
     if path is None or not getattr(tokenizer, "is_fast", False):
