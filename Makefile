@@ -74,6 +74,7 @@ bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmark
 	$(PY) benchmarks/bench_throughput.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_fingerprint.py
+	$(PY) benchmarks/bench_ray_ingest.py
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
