@@ -16,6 +16,13 @@ DATA_ENV = "TP_RAG_DATA"
 figures"); without it, ``../shared/data`` is used where it exists."""
 
 
+@pytest.fixture(autouse=True)
+def _private_vector_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands that cache vectors by default (``tp-rag eval``) write under the test's own
+    folder, never into the user's ~/.cache, and no test sees another's vectors."""
+    monkeypatch.setenv("TP_RAG_CACHE_DIR", str(tmp_path / "vector-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Architecture name -> directory of a tiny random model saved with ``save_pretrained``."""

@@ -16,6 +16,11 @@ code (``tp_rag.metrics``):
 Both report their progress to an optional ``EvalProgress`` callback (the CLI prints it, the
 demo drives ``gr.Progress``) and return JSON-ready reports.
 
+Memory: one system at a time, so the peak is one column's vectors, ``O((n_texts) x d)`` floats
+(STS: the distinct sentences; retrieval: documents + queries), plus the encoder's batch.
+``tp_systems(encoder, cache=..., store=...)`` reuses vectors already computed for the same
+embedding space (``tp_rag.cache``): a second evaluation of the same data embeds nothing new.
+
 >>> from tp_rag.datasets import read_sts
 >>> report = evaluate_sts(tp_systems(enc), [read_sts("sts-test.csv")])  # doctest: +SKIP
 >>> report["tasks"][0]["spearman"]  # doctest: +SKIP
@@ -36,8 +41,10 @@ from tp_rag.datasets import PAPER_TASKS, RetrievalSet, StsTask
 from tp_rag.metrics import score_retrieval, sts_spearman, text_index
 
 if TYPE_CHECKING:
+    from tp_rag.cache import EmbedCounts, EmbeddingCache
     from tp_rag.config import TPConfig
     from tp_rag.encoder import TPEncoder
+    from tp_rag.store import TPStore
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 """Texts in, one vector per text out (``(n, d)``)."""
@@ -63,17 +70,43 @@ class System:
     description: dict[str, Any] = field(default_factory=dict)
 
 
-def tp_systems(encoder: TPEncoder) -> list[System]:
-    """``TP on`` and ``TP off`` columns over one loaded ``TPEncoder``."""
-    on, off = encoder.config.replace(tp=True), encoder.config.replace(tp=False)
+def tp_systems(
+    encoder: TPEncoder,
+    *,
+    cache: EmbeddingCache | None = None,
+    store: TPStore | None = None,
+    counts: dict[bool, EmbedCounts] | None = None,
+) -> list[System]:
+    """``TP on`` and ``TP off`` columns over one loaded ``TPEncoder``.
+
+    With ``cache`` (an ``EmbeddingCache``) and/or ``store`` (a ``TPStore`` over the same
+    encoder), a text whose vector is already there for the same embedding space is not embedded
+    again, and what is embedded is written to ``cache`` as it is done. ``counts`` (optional,
+    ``{True: EmbedCounts(), False: EmbedCounts()}``) tells how many texts each column embedded.
+
+    >>> on, off = tp_systems(enc, cache=EmbeddingCache(default_cache_dir()))  # doctest: +SKIP
+    """
+    from tp_rag.cache import StoreVectors, cached_embed
 
     def describe(config: TPConfig) -> dict[str, Any]:
         return {"kind": "tp-rag", "settings": config.to_dict(), "fingerprint": config.fingerprint()}
 
     def embed(tp: bool) -> Embed:
         # No bar of the encoder's own: the caller follows progress through ``EvalProgress``.
-        return lambda texts: encoder.encode(list(texts), tp=tp, show_progress=False)
+        def plain(texts: Sequence[str]) -> np.ndarray:
+            return encoder.encode(list(texts), tp=tp, show_progress=False)
 
+        if cache is None and store is None and counts is None:
+            return plain
+        return cached_embed(
+            plain,
+            encoder.config.replace(tp=tp).fingerprint(),
+            cache=cache,
+            sources=[StoreVectors(store)] if store is not None else [],
+            counts=None if counts is None else counts[tp],
+        )
+
+    on, off = encoder.config.replace(tp=True), encoder.config.replace(tp=False)
     return [
         System("TP on", embed(True), describe(on)),
         System("TP off", embed(False), describe(off)),
@@ -170,6 +203,7 @@ def evaluate_sts(
             entry["spearman"][system.name] = sts_spearman(task.pooled(), vectors, index)
             for part, file_entry in zip(task.parts, entry["files"], strict=False):
                 file_entry["spearman"][system.name] = sts_spearman(part, vectors, index)
+        del vectors  # one column's vectors alive at a time
     return {
         "kind": "sts",
         "systems": {s.name: s.description for s in systems},
@@ -197,6 +231,7 @@ def evaluate_retrieval(
         done += len(data.documents)
         query_vectors = _embed_all(system, data.queries, "queries", progress, done, total)
         metrics[system.name] = score_retrieval(data, query_vectors, doc_vectors, recall_at)
+        del doc_vectors, query_vectors  # one column's vectors alive at a time
     return {
         "kind": "retrieval",
         "data": data.name,

@@ -6,6 +6,14 @@ candidate layer at once, so the model never runs again for another output layer.
 scored with the same metric code as ``tp-rag eval`` (Spearman x100 on STS data, a retrieval
 figure on a BEIR split); the best cell is written as a JSON preset.
 
+Memory: the vectors of every candidate layer are ``n x layers x d`` floats (26 GB for 50,000
+texts, 32 layers and d = 4096), so they never sit in memory together. Texts go through the model
+in slices of ``chunk_size``; each slice's vectors are written, layer by layer, to one ``.npy``
+file per layer in a temporary folder (``tmp_dir``, else the system's), and each layer is scored
+from its file on its own. Peak host memory is ``O(n x d + chunk_size x layers x d)`` floats
+(one layer's matrix while it is scored, one slice of every layer while embedding); the disk
+holds ``n x layers x d x 4`` bytes while a tp_stop candidate is scored.
+
 >>> from tp_rag.datasets import read_sts
 >>> result = tune(enc, read_sts("sts-dev.csv"), tp_stops=[2, 3], layers=[10, 12])  # doctest: +SKIP
 >>> write_preset("tuned.json", enc, result)  # doctest: +SKIP
@@ -16,7 +24,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +107,54 @@ def default_tp_stops(tp_start: int, num_layers: int) -> list[int]:
     return list(range(tp_start + 1, max(tp_start + 1, math.ceil(num_layers / 3)) + 1))
 
 
+CHUNK_BYTES = 256 * 2**20
+"""Default budget for one slice of texts read out at every candidate layer (``chunk_size``)."""
+
+
+def _chunk_size(encoder: TPEncoder, layers: int) -> int:
+    """Texts per slice so that a slice's vectors at every layer fit ``CHUNK_BYTES``."""
+    per_text = layers * encoder.dimension * 4
+    return max(encoder.config.batch_size, CHUNK_BYTES // per_text)
+
+
+def layer_vectors(
+    encoder: TPEncoder,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    folder: str | Path,
+    *,
+    tp: bool,
+    chunk_size: int,
+    name: str = "texts",
+) -> dict[int, Path]:
+    """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer.
+
+    Texts go through ``encode_layers`` in slices of ``chunk_size`` (longest first, so slices pad
+    little); each slice's rows are written into the layers' files at once, so host memory holds
+    one slice of every layer, never all texts at all layers. Returns ``{layer: path}``; load a
+    layer with ``np.load(path, mmap_mode="r")``.
+    """
+    folder = Path(folder)
+    paths = {layer: folder / f"{name}-layer{layer}.npy" for layer in layers}
+    files = {
+        layer: np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float32, shape=(len(texts), encoder.dimension)
+        )
+        for layer, path in paths.items()
+    }
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for begin in range(0, len(order), chunk_size):
+        rows = order[begin : begin + chunk_size]
+        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp)
+        for layer, file in files.items():
+            file[rows] = vectors[layer]
+        del vectors
+    for file in files.values():
+        file.flush()
+    del files  # close the maps: scoring reopens one layer at a time
+    return paths
+
+
 def tune(
     encoder: TPEncoder,
     data: StsTask | RetrievalSet,
@@ -105,10 +162,15 @@ def tune(
     tp_stops: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
     metric: str = "nDCG@10",
+    chunk_size: int | None = None,
+    tmp_dir: str | Path | None = None,
 ) -> TuneResult:
     """Score every (tp_stop, output_layer) cell on ``data``, plus TP off at every layer.
 
-    One ``encode_layers`` call per ``tp_stop`` candidate (and one with TP off) per set of texts.
+    One forward pass per text per ``tp_stop`` candidate (and one with TP off), read out at every
+    candidate layer at once. Vectors go to disk layer by layer (``layer_vectors``, under
+    ``tmp_dir``) in slices of ``chunk_size`` texts (default: what fits 256 MiB at every layer),
+    and each layer is scored alone, so memory does not grow with ``layers x texts``.
     """
     config = encoder.config
     num_layers = encoder.num_layers
@@ -129,19 +191,41 @@ def tune(
             f"layers, so hidden_states indices run from {-(num_layers + 1)} to {num_layers}"
         )
     layers = sorted({layer % (num_layers + 1) for layer in layers})
+    chunk = chunk_size or _chunk_size(encoder, len(layers))
+    if chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of texts")
 
-    def score_layers(candidate: TPEncoder, tp: bool) -> list[float]:
+    def load(path: Path) -> np.ndarray:
+        return np.load(path, mmap_mode="r")
+
+    def score_layers(candidate: TPEncoder, tp: bool, folder: str) -> list[float]:
+        def vectors_of(texts: Sequence[str], name: str) -> dict[int, Path]:
+            return layer_vectors(
+                candidate, texts, layers, folder, tp=tp, chunk_size=chunk, name=name
+            )
+
+        score: Callable[[int], float]
         if isinstance(data, StsTask):
             pooled = data.pooled()
             texts, index = text_index([*pooled.sentences1, *pooled.sentences2])
-            vectors = candidate.encode_layers(texts, layers, tp=tp)
-            return [sts_spearman(pooled, vectors[layer], index) for layer in layers]
-        docs = candidate.encode_layers(list(data.documents), layers, tp=tp)
-        queries = candidate.encode_layers(list(data.queries), layers, tp=tp)
-        return [score_retrieval(data, queries[ly], docs[ly])[metric] for ly in layers]
+            files = vectors_of(texts, "sentences")
 
-    grid = np.array([score_layers(encoder.with_settings(tp_stop=s), True) for s in tp_stops])
-    tp_off = np.array(score_layers(encoder, False))
+            def score(layer: int) -> float:
+                return sts_spearman(pooled, load(files[layer]), index)
+        else:
+            docs = vectors_of(list(data.documents), "documents")
+            queries = vectors_of(list(data.queries), "queries")
+
+            def score(layer: int) -> float:
+                return score_retrieval(data, load(queries[layer]), load(docs[layer]))[metric]
+
+        return [score(layer) for layer in layers]
+
+    with tempfile.TemporaryDirectory(prefix="tp-rag-tune-", dir=tmp_dir) as folder:
+        grid = np.array(
+            [score_layers(encoder.with_settings(tp_stop=s), True, folder) for s in tp_stops]
+        )
+        tp_off = np.array(score_layers(encoder, False, folder))
     return TuneResult(
         metric="Spearman x100" if isinstance(data, StsTask) else metric,
         tp_start=config.tp_start,

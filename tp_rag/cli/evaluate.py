@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from tp_rag.cache import EmbeddingCache, default_cache_dir
 from tp_rag.cli.options import add_encoder_options, console, encoder_from_args, note
 from tp_rag.config import DEFAULT_MODEL
 from tp_rag.datasets import PAPER_TASKS
@@ -98,13 +99,23 @@ def retrieval_table(report: dict[str, Any]) -> Any:
     return table
 
 
+def _cache(args: argparse.Namespace) -> EmbeddingCache | None:
+    """The vector cache ``--cache-dir`` names (default ``default_cache_dir()``), or ``None``
+    with ``--no-cache``."""
+    if args.no_cache:
+        return None
+    cache = EmbeddingCache(args.cache_dir or default_cache_dir())
+    note(f"vector cache: {cache.directory} (--no-cache to embed everything again)")
+    return cache
+
+
 def _systems(args: argparse.Namespace) -> list[System]:
     """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order."""
     systems: list[System] = []
     if not args.no_tp:
         encoder = encoder_from_args(args)
         note(repr(encoder))
-        systems += tp_systems(encoder)
+        systems += tp_systems(encoder, cache=_cache(args))
     for spec in args.baseline:
         systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
     if not systems:
@@ -186,8 +197,22 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_options(parser: argparse.ArgumentParser, *, baseline: bool = True) -> None:
+def add_eval_options(
+    parser: argparse.ArgumentParser, *, baseline: bool = True, cache: bool = True
+) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    if cache:
+        parser.add_argument(
+            "--cache-dir",
+            default=None,
+            metavar="DIR",
+            help="reuse and keep TP vectors here, keyed by encoder fingerprint and text "
+            "(default: $TP_RAG_CACHE_DIR, else $XDG_CACHE_HOME/tp-rag/embeddings, else "
+            "~/.cache/tp-rag/embeddings)",
+        )
+        parser.add_argument(
+            "--no-cache", action="store_true", help="embed every text again; write no cache"
+        )
     if baseline:
         parser.add_argument(
             "--baseline",

@@ -61,6 +61,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
         tp_stops=parse_candidates(args.tp_stops) if args.tp_stops else None,
         layers=parse_candidates(args.layers) if args.layers else None,
         metric=args.metric,
+        tmp_dir=args.tmp_dir,
     )
     console().print(grid_table(result))
     tuned_on = f"{data_path} ({args.split})" if is_beir else str(data_path)
@@ -101,5 +102,12 @@ def register(subparsers: Any) -> None:
         help="retrieval metric to maximise (STS data always uses Spearman)",
     )
     tune.add_argument("--output", required=True, metavar="FILE", help="preset file to write")
-    add_eval_options(tune, baseline=False)
+    tune.add_argument(
+        "--tmp-dir",
+        default=None,
+        metavar="DIR",
+        help="where the per-layer vectors wait to be scored (texts x layers x width x 4 bytes; "
+        "default: the system's temporary folder)",
+    )
+    add_eval_options(tune, baseline=False, cache=False)
     tune.set_defaults(func=run_tune_command)
