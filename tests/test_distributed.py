@@ -7,14 +7,12 @@ test writes its own collections.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import chroma_server
 import numpy as np
 import pytest
 
@@ -29,7 +27,6 @@ ray = pytest.importorskip("ray", reason='needs Ray Data: pip install "tp-rag[ray
 from tp_rag.distributed import KILL_EMBEDDER_ENV, _Embedder, import_ray, ingest_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
 DOCS = {
     "tides.md": "# Tides\n\nThe Moon pulls the oceans into two bulges, so most coasts see two "
     "high waters a day.\n\nSpring tides come at new and full moon.",
@@ -40,7 +37,9 @@ DOCS = {
 }
 CHUNKING = {"chunk_size": 24, "chunk_overlap": 4}
 
-pytestmark = pytest.mark.skipif(CHROMA is None, reason="chromadb's `chroma` command is absent")
+pytestmark = pytest.mark.skipif(
+    chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +50,8 @@ def encoder(tiny_llama: Path) -> TPEncoder:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A `chroma run` server on 127.0.0.1: ``(host, port)``."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    path = tmp_path_factory.mktemp("chroma-server")
-    process = subprocess.Popen(
-        [CHROMA, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connect(host="127.0.0.1", port=port).heartbeat()
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with chroma_server.running(tmp_path_factory.mktemp("chroma-server")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import chroma_server
 import pytest
 
 from tp_rag import TPEncoder
@@ -297,25 +296,6 @@ def test_cli_ingest_loads_the_model_once(
 # --- several writers, a server that dies, pruning ----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_server(port: int, server: subprocess.Popen) -> None:
-    """Wait until the Chroma server on ``port`` answers (fail if it exits or takes 60 s)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            connect(host="127.0.0.1", port=port).heartbeat()
-            return
-        except Exception:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.2)
-
-
 _HOLD_LOCK = """
 import sys, time
 from tp_rag.store import connect, write_lock
@@ -377,9 +357,7 @@ def test_two_ingests_started_together_on_a_fresh_folder(
     assert ids(store.on) == ids(store.off) == want
 
 
-@pytest.mark.skipif(
-    not (Path(sys.executable).parent / "chroma").exists(), reason="no `chroma` command"
-)
+@pytest.mark.skipif(chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent")
 def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
     tmp_path: Path, tiny_llama: Path, encoder: TPEncoder
 ) -> None:
@@ -390,15 +368,12 @@ def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i:02d}.txt").write_text(f"Document {i}. " + "A fact is noted. " * 6)
-    port = free_port()
-    serve = [str(Path(sys.executable).parent / "chroma"), "run", "--path", str(tmp_path / "srv")]
-    serve += ["--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = chroma_server.free_port()
+    server = chroma_server.start(tmp_path / "srv", port)
     args = ["ingest", str(corpus), "--collection", "remote", "--model", str(tiny_llama)]
     args += ["--device", "cpu", "--chroma-host", "127.0.0.1", "--chroma-port", str(port)]
     args += ["--chunk-size", "32", "--chunk-overlap", "0"]
     try:
-        wait_for_server(port, server)
         process = subprocess.Popen(
             [sys.executable, "-m", "tp_rag", *args, "--batch-size", "1"],
             stdout=subprocess.DEVNULL,
@@ -417,8 +392,7 @@ def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
         assert "Traceback" not in error
         assert "Could not connect to a Chroma server" in error
         assert "re-run the same command" in error
-        server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_server(port, server)
+        server = chroma_server.start(tmp_path / "srv", port)
         assert main(args) == 0
         store = TPStore(connect(host="127.0.0.1", port=port), "remote", encoder)
         want: set[str] = set()

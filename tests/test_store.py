@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import chroma_server
 import pytest
 
 from tp_rag import TPEncoder
@@ -183,43 +179,15 @@ def test_connect_arguments() -> None:
         connect("db", port=8000)
 
 
-# The `chroma` server command ships with chromadb, next to this Python.
-CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(CHROMA is None, reason="chromadb's `chroma` command is absent")
+@pytest.mark.skipif(chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent")
 def test_store_through_a_chroma_server(tmp_path: Path, encoder: TPEncoder) -> None:
     """With a host, the store talks to a Chroma server (HttpClient) and works the same."""
-    port = free_port()
-    server = subprocess.Popen(
-        [CHROMA, "run", "--path", tmp_path / "server", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client = connect(host="127.0.0.1", port=port)
-                client.heartbeat()
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with chroma_server.running(tmp_path / "server") as (host, port):
+        client = connect(host=host, port=port)
         store = TPStore(client, "remote", encoder)
         write(store, "s", TEXTS)
         on, off = store.search(TEXTS[1], k=2)
         assert on[0].text == off[0].text == TEXTS[1]
         other = TPEncoder.from_pretrained(encoder.config.model, device="cpu", tp_stop=3)
         with pytest.raises(ConfigMismatchError):
-            TPStore(connect(host="127.0.0.1", port=port), "remote", other)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+            TPStore(connect(host=host, port=port), "remote", other)

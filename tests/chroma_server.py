@@ -1,0 +1,59 @@
+"""A real ``chroma run`` server on 127.0.0.1 for the tests that need one (store, ingest, Ray)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tp_rag.store import connect
+
+CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+"""The ``chroma`` server command, which ships with chromadb next to this Python (or ``None``)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(path: Path, port: int) -> subprocess.Popen:
+    """Start ``chroma run`` on ``127.0.0.1:port`` with its data in ``path``; return once it
+    answers (raise if it exits or takes over 60 s)."""
+    assert CHROMA is not None, "chromadb's `chroma` command is absent"
+    command = [CHROMA, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connect(host="127.0.0.1", port=port).heartbeat()
+            return server
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server from ``start`` (a no-op if it already exited)."""
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@contextmanager
+def running(path: Path) -> Iterator[tuple[str, int]]:
+    """A server for the duration of the ``with`` block: ``(host, port)``."""
+    port = free_port()
+    server = start(path, port)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        stop(server)
