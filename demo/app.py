@@ -139,7 +139,8 @@ class Demo:
         """The collection's size, as Markdown, with what to do next when it is empty."""
         on, off = self.store.count()
         text = (
-            f"Collection `{self.store.on.name}` holds **{on}** chunks embedded with TP on, "
+            f"Collection `{self.store.on.name}` holds **{on}** chunk{'' if on == 1 else 's'} "
+            "embedded with TP on, "
             f"`{self.store.off.name}` **{off}** with TP off."
         )
         return f"{text}\n\n{_NEXT_STEPS}" if on == 0 else text

@@ -96,7 +96,7 @@ def test_ingest_handler_reports_counts(demo: Any, uploads: list[Path], tmp_path:
     report = demo.ingest_files([str(p) for p in [*uploads, bad]])
     on, off = demo.store.count()
     assert on == off > 0
-    assert f"**{on}** chunks embedded with TP on" in report
+    assert f"**{on}** chunk{'' if on == 1 else 's'} embedded with TP on" in report
     assert "2 files (2 new or changed" in report
     assert "`empty.txt`: empty file" in report
     sources = {m["source"] for m in demo.store.on.get(include=["metadatas"])["metadatas"]}
