@@ -90,19 +90,24 @@ def texts_of_length(words: int, count: int, seed: int = 0) -> list[str]:
     ]
 
 
+def timed(run: Callable[[], object]) -> float:
+    """Seconds ``run()`` takes, GPU work included (synchronised before and after)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def interleaved_best(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Seconds per variant: variants alternate within each round, so load from other work on a
     shared machine hits them alike; the fastest round counts (the least disturbed)."""
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
         for name, run in runs.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], timed(run))
     return best
 
 

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, machine, markdown, record
+from _common import SHARED, machine, markdown, record, timed
 from bench_encoder import authors_style
 from bench_throughput import flops_per_token
 from bench_vs_sentence_transformers import sentence_transformers_model
@@ -81,16 +80,6 @@ def cranfield_passages(count: int) -> list[str]:
     path = SHARED / "data" / "retrieval" / "cranfield" / "corpus.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return [f"{row['title']} {row['text']}".strip() for row in rows[:count]]
-
-
-def timed(run: Callable[[], object]) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 class ForwardClock:

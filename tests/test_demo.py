@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import servers
 
 from tp_rag import TPEncoder
 from tp_rag.cli import build_parser
@@ -270,33 +267,12 @@ def test_tp_rag_demo_command_serves_the_app(
     db = tmp_path / "db"
     ingest_args = ["ingest", *map(str, uploads), "--collection", "docs", "--db", str(db)]
     assert main([*ingest_args, "--model", str(tiny_llama), "--device", "cpu"]) == 0
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tp_rag", "demo", "--db", str(db), "--collection", "docs"]
-    server = subprocess.Popen(  # the port as Gradio users give it, in GRADIO_SERVER_PORT
-        [*command, "--device", "cpu"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "GRADIO_SERVER_PORT": str(port)},
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, "tp-rag demo exited"
-            assert time.monotonic() < deadline, "tp-rag demo did not start in 120 s"
-            time.sleep(0.5)
+    port = servers.free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}  # the port as Gradio users give it
+    args = ["--db", str(db), "--collection", "docs", "--device", "cpu"]
+    with servers.demo(args, port, env=env) as url:
         status = Client(url, verbose=False).predict(api_name="/status")
         assert "Collection `docs` holds **2** chunks" in status
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_uploads_are_deleted_once_processed(

@@ -12,33 +12,24 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import chroma_server
 import numpy as np
 import pytest
+import servers
+from corpus import CHUNKING, expected_ids, ids, write_corpus
 
 from tp_rag import TPEncoder
 from tp_rag.cli import main
-from tp_rag.documents import read_document, split_text
 from tp_rag.ingest import ingest
-from tp_rag.store import ConfigMismatchError, TPStore, chunk_id, connect
+from tp_rag.store import ConfigMismatchError, TPStore, connect
 
 ray = pytest.importorskip("ray", reason='needs Ray Data: pip install "tp-rag[ray]"')
 
 from tp_rag.distributed import KILL_EMBEDDER_ENV, _Embedder, import_ray, ingest_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = {
-    "tides.md": "# Tides\n\nThe Moon pulls the oceans into two bulges, so most coasts see two "
-    "high waters a day.\n\nSpring tides come at new and full moon.",
-    "bread.txt": "Sourdough starter is flour, water, wild yeast and bacteria.\n\nFeed it "
-    "daily at room temperature; in the fridge, once a week.",
-    "keys.html": "<html><body><h1>Hash tables</h1><p>A hash function maps each key to a slot, "
-    "so lookups take constant time on average.</p></body></html>",
-}
-CHUNKING = {"chunk_size": 24, "chunk_overlap": 4}
 
 pytestmark = pytest.mark.skipif(
-    chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent"
+    servers.CHROMA is None, reason="chromadb's `chroma` command is absent"
 )
 
 
@@ -50,7 +41,7 @@ def encoder(tiny_llama: Path) -> TPEncoder:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A `chroma run` server on 127.0.0.1: ``(host, port)``."""
-    with chroma_server.running(tmp_path_factory.mktemp("chroma-server")) as address:
+    with servers.running(tmp_path_factory.mktemp("chroma-server")) as address:
         yield address
 
 
@@ -70,30 +61,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    return folder
+    return write_corpus(tmp_path / "corpus")
 
 
 def remote_store(server: tuple[str, int], name: str, encoder: TPEncoder) -> TPStore:
     host, port = server
     return TPStore(connect(host=host, port=port), name, encoder)
-
-
-def ids(collection, source: str | None = None) -> set[str]:
-    where = {"source": source} if source else None
-    return set(collection.get(where=where, include=[])["ids"])
-
-
-def expected_ids(folder: Path, encoder: TPEncoder, **chunking: int) -> set[str]:
-    """The chunk ids a clean ingestion of the readable files in ``folder`` must produce."""
-    want: set[str] = set()
-    for path in sorted(folder.iterdir()):
-        chunks = split_text(read_document(path), encoder.tokenizer, **chunking)
-        want |= {chunk_id(str(path.resolve()), chunk) for chunk in chunks}
-    return want
 
 
 def records(collection) -> dict[str, tuple[np.ndarray, str, dict]]:

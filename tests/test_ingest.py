@@ -7,24 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import chroma_server
 import pytest
+import servers
+from corpus import CHUNKING, DOCS, expected_ids, ids, write_corpus
 
 from tp_rag import TPEncoder
 from tp_rag.cli import main
-from tp_rag.documents import read_document, split_text
+from tp_rag.documents import read_document
 from tp_rag.ingest import IngestSummary, ingest
-from tp_rag.store import TPStore, chunk_id, connect
-
-DOCS = {
-    "tides.md": "# Tides\n\nThe Moon pulls the oceans into two bulges, so most coasts see two "
-    "high waters a day.\n\nSpring tides come at new and full moon.",
-    "bread.txt": "Sourdough starter is flour, water, wild yeast and bacteria.\n\nFeed it "
-    "daily at room temperature; in the fridge, once a week.",
-    "keys.html": "<html><body><h1>Hash tables</h1><p>A hash function maps each key to a slot, "
-    "so lookups take constant time on average.</p></body></html>",
-}
-CHUNKING = {"chunk_size": 24, "chunk_overlap": 4}
+from tp_rag.store import TPStore, connect
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +25,7 @@ def encoder(tiny_llama: Path) -> TPEncoder:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    return folder
-
-
-def ids(collection, source: str | None = None) -> set[str]:
-    where = {"source": source} if source else None
-    return set(collection.get(where=where, include=[])["ids"])
-
-
-def expected_ids(path: Path, encoder: TPEncoder, **chunking: int) -> set[str]:
-    """The chunk ids a clean ingestion of ``path`` must produce."""
-    chunks = split_text(read_document(path), encoder.tokenizer, **chunking)
-    return {chunk_id(str(path.resolve()), chunk) for chunk in chunks}
+    return write_corpus(tmp_path / "corpus")
 
 
 def test_ingest_writes_every_chunk_with_metadata_to_both_collections(
@@ -240,9 +216,7 @@ def test_interrupted_ingestion_completes_on_rerun(
     chunking = ["--chunk-size", "32", "--chunk-overlap", "0"]
     args = ["ingest", str(corpus), "--collection", "big", "--model", str(tiny_llama)]
     args += ["--device", "cpu", *chunking]
-    want: set[str] = set()
-    for path in sorted(corpus.iterdir()):
-        want |= expected_ids(path, encoder, chunk_size=32, chunk_overlap=0)
+    want = expected_ids(corpus, encoder, chunk_size=32, chunk_overlap=0)
     assert len(want) > 32
 
     db = tmp_path / "db"
@@ -357,7 +331,7 @@ def test_two_ingests_started_together_on_a_fresh_folder(
     assert ids(store.on) == ids(store.off) == want
 
 
-@pytest.mark.skipif(chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent")
+@pytest.mark.skipif(servers.CHROMA is None, reason="chromadb's `chroma` command is absent")
 def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
     tmp_path: Path, tiny_llama: Path, encoder: TPEncoder
 ) -> None:
@@ -368,8 +342,8 @@ def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i:02d}.txt").write_text(f"Document {i}. " + "A fact is noted. " * 6)
-    port = chroma_server.free_port()
-    server = chroma_server.start(tmp_path / "srv", port)
+    port = servers.free_port()
+    server = servers.start(tmp_path / "srv", port)
     args = ["ingest", str(corpus), "--collection", "remote", "--model", str(tiny_llama)]
     args += ["--device", "cpu", "--chroma-host", "127.0.0.1", "--chroma-port", str(port)]
     args += ["--chunk-size", "32", "--chunk-overlap", "0"]
@@ -392,12 +366,10 @@ def test_a_server_that_dies_mid_ingest_gives_a_clean_error_and_rerun_resumes(
         assert "Traceback" not in error
         assert "Could not connect to a Chroma server" in error
         assert "re-run the same command" in error
-        server = chroma_server.start(tmp_path / "srv", port)
+        server = servers.start(tmp_path / "srv", port)
         assert main(args) == 0
         store = TPStore(connect(host="127.0.0.1", port=port), "remote", encoder)
-        want: set[str] = set()
-        for path in sorted(corpus.iterdir()):
-            want |= expected_ids(path, encoder, chunk_size=32, chunk_overlap=0)
+        want = expected_ids(corpus, encoder, chunk_size=32, chunk_overlap=0)
         assert ids(store.on) == ids(store.off) == want
     finally:
         server.kill()

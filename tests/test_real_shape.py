@@ -9,14 +9,11 @@ MODEL=DIR`` runs), and the README's LangChain, LlamaIndex and Chroma snippets.
 from __future__ import annotations
 
 import importlib.util
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import servers
 
 from tp_rag import TPEncoder
 from tp_rag.cli import main
@@ -78,30 +75,11 @@ def test_ingest_and_query_commands(
 def test_demo_command_serves_the_app(qwen_shape: Path, tmp_path: Path) -> None:
     """`tp-rag demo --model DIR` (= `make demo MODEL=DIR`) serves; the sample corpus ingests,
     Compare answers and Evaluate scores, through gradio_client."""
-    import httpx
     from gradio_client import Client
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tp_rag", "demo", "--model", str(qwen_shape)]
-    server = subprocess.Popen(
-        [*command, "--db", str(tmp_path / "db"), "--port", str(port), "--device", "cpu"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, "tp-rag demo exited"
-            assert time.monotonic() < deadline, "tp-rag demo did not start in 300 s"
-            time.sleep(1)
+    port = servers.free_port()
+    args = ["--model", str(qwen_shape), "--db", str(tmp_path / "db"), "--port", str(port)]
+    with servers.demo([*args, "--device", "cpu"], port, timeout=300) as url:
         client = Client(url, verbose=False)
         assert "32" in client.predict(api_name="/ingest_sample")
         on, off, _ = client.predict("How do tides work?", 3, api_name="/compare")
@@ -111,9 +89,6 @@ def test_demo_command_serves_the_app(qwen_shape: Path, tmp_path: Path) -> None:
         )
         assert [row[0] for row in table["data"]] == ["nDCG@10", "Recall@10", "MRR@10"]
         assert "13 queries" in note
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_readme_adapter_snippets(qwen_shape: Path, tmp_path: Path, encoder: TPEncoder) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import chroma_server
 import pytest
+import servers
 
 from tp_rag import TPEncoder
 from tp_rag.documents import Chunk
@@ -179,10 +179,10 @@ def test_connect_arguments() -> None:
         connect("db", port=8000)
 
 
-@pytest.mark.skipif(chroma_server.CHROMA is None, reason="chromadb's `chroma` command is absent")
+@pytest.mark.skipif(servers.CHROMA is None, reason="chromadb's `chroma` command is absent")
 def test_store_through_a_chroma_server(tmp_path: Path, encoder: TPEncoder) -> None:
     """With a host, the store talks to a Chroma server (HttpClient) and works the same."""
-    with chroma_server.running(tmp_path / "server") as (host, port):
+    with servers.running(tmp_path / "server") as (host, port):
         client = connect(host=host, port=port)
         store = TPStore(client, "remote", encoder)
         write(store, "s", TEXTS)

@@ -1,4 +1,5 @@
-"""A real ``chroma run`` server on 127.0.0.1 for the tests that need one (store, ingest, Ray)."""
+"""Real servers on 127.0.0.1 for the tests: ``chroma run`` (store, ingest, Ray) and
+``tp-rag demo`` (the demo and the real-shape run)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,5 +56,36 @@ def running(path: Path) -> Iterator[tuple[str, int]]:
     server = start(path, port)
     try:
         yield "127.0.0.1", port
+    finally:
+        stop(server)
+
+
+@contextmanager
+def demo(
+    args: Sequence[str], port: int, *, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """``tp-rag demo ARGS`` in a subprocess that serves on ``port``; yields its URL once the page
+    answers (fails if the command exits or takes over ``timeout`` seconds), then stops it."""
+    import httpx
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tp_rag", "demo", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=None if env is None else dict(env),
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, "tp-rag demo exited"
+            assert time.monotonic() < deadline, f"tp-rag demo did not start in {timeout:.0f} s"
+            time.sleep(0.5)
+        yield url
     finally:
         stop(server)
