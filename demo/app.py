@@ -13,7 +13,6 @@ queries (the bundled set, or an uploaded BEIR folder) with nDCG@10, Recall@10 an
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
@@ -27,7 +26,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import gradio as gr
 import pandas as pd
 
-from tp_rag.cache import EmbeddingCache
 from tp_rag.datasets import (
     read_beir_upload,
     read_labelled_documents,
@@ -126,14 +124,11 @@ class Demo:
         *,
         collection: str | None = None,
         sample: Path = SAMPLE,
-        cache: EmbeddingCache | None = None,
     ) -> None:
         name = collection or f"demo-{encoder.config.replace(tp=True).fingerprint()[:12]}"
         self.encoder = encoder
         self.store = TPStore(client, name, encoder)
         self.sample = sample
-        self.cache = cache
-        """Where Evaluate keeps the vectors it computes (``None``: it reuses the store's only)."""
 
     def status(self) -> str:
         """The collection's size, as Markdown, with what to do next when it is empty."""
@@ -209,9 +204,7 @@ class Demo:
         else:
             data = read_labelled_documents(self.sample)
         # Only queries with a relevant document: one judged all non-relevant would score 0.
-        # Documents stripped as ingestion stores them, so ingested ones keep their vectors.
         data = relevant_only(data)
-        data = dataclasses.replace(data, documents=tuple(d.strip() for d in data.documents))
         if progress is not None:
             progress(
                 0.0,
@@ -226,7 +219,7 @@ class Demo:
             progress(estimate.fraction, desc=f"embedding {what}: {estimate}")
 
         result = evaluate_retrieval(
-            tp_systems(self.encoder, store=self.store, cache=self.cache),
+            tp_systems(self.encoder, store=self.store),
             data,
             recall_at=RECALL_AT,
             progress=report if progress is not None else None,

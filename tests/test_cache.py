@@ -217,7 +217,6 @@ def test_demo_evaluate_after_ingest_embeds_only_the_queries(
     """After the sample corpus is ingested, Evaluate reuses its stored vectors: the model sees
     the 13 queries (TP on and off), not the 32 documents; the scores equal a fresh evaluation.
     (A real BPE tokenizer, so each sample document is one chunk, as with the default model.)"""
-    import dataclasses
 
     from tp_rag.datasets import read_labelled_documents, relevant_only
     from tp_rag.store import connect
@@ -230,7 +229,6 @@ def test_demo_evaluate_after_ingest_embeds_only_the_queries(
         table, _, _ = demo.evaluate()
     assert sum(rows) == 2 * queries
     data = relevant_only(read_labelled_documents(demo.sample))
-    data = dataclasses.replace(data, documents=tuple(d.strip() for d in data.documents))
     fresh = evaluate_retrieval(tp_systems(encoder), data, recall_at=app_module.RECALL_AT)
     for _, row in table.iterrows():
         for side in ("TP on", "TP off"):

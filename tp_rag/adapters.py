@@ -159,9 +159,9 @@ def settings_model(*, exclude: Collection[str] = ()) -> type[Any]:
         def encoder_settings(self) -> dict[str, Any]:
             """The keyword arguments of ``load_encoder`` (model excluded): the settings that
             are set, ``query_prompt`` and the loading options."""
-            settings = {name: getattr(self, name) for name in tp_fields}
+            settings = TPConfig.pick({name: getattr(self, name) for name in tp_fields})
             loading = {name: getattr(self, name) for name in ("query_prompt", *LOADING_OPTIONS)}
-            return {**{k: v for k, v in settings.items() if v is not None}, **loading}
+            return {**settings, **loading}
 
     from pydantic import create_model
 

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -175,6 +175,9 @@ class StoreVectors:
     """A ``TPStore``'s vectors as a ``VectorSource``: chunks whose text equals a wanted text, in
     the collection (TP on or TP off) of the asked fingerprint.
 
+    Each collection's texts are read once, on first use, into an index from text to chunk id:
+    make a new ``StoreVectors`` (as ``tp_systems`` does per evaluation) to see later writes.
+
     >>> embed = cached_embed(f, fp, sources=[StoreVectors(store)])  # doctest: +SKIP
     """
 
@@ -182,32 +185,34 @@ class StoreVectors:
 
     def __init__(self, store: TPStore) -> None:
         self.store = store
+        self._indexes: dict[bool, dict[str, str]] = {}  # tp -> {text_key: chunk id}
+
+    def _index(self, tp: bool, collection: Any) -> dict[str, str]:
+        """``{text_key(chunk text): chunk id}`` of a collection (the first chunk of a text)."""
+        if tp not in self._indexes:
+            index: dict[str, str] = {}
+            for offset in range(0, collection.count(), self.PAGE):
+                page = collection.get(include=["documents"], limit=self.PAGE, offset=offset)
+                for chunk_id, document in zip(page["ids"], page["documents"], strict=True):
+                    index.setdefault(text_key(document or ""), chunk_id)
+            self._indexes[tp] = index
+        return self._indexes[tp]
 
     def get(self, fingerprint: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        collection = next(
+        side = next(
             (
-                collection
+                (tp, collection)
                 for tp, collection in ((True, self.store.on), (False, self.store.off))
                 if self.store.functions[tp].fingerprint() == fingerprint
             ),
             None,
         )
-        if collection is None:
+        if side is None:
             return None
+        collection = side[1]
+        index = self._index(*side)
         wanted = {text_key(text): i for i, text in reversed(list(enumerate(texts)))}
-        wanted_left = dict(wanted)
-        ids: dict[str, bytes] = {}  # one chunk per wanted text
-        for offset in range(0, collection.count(), self.PAGE):
-            page = collection.get(include=["documents"], limit=self.PAGE, offset=offset)
-            for chunk_id, document in zip(page["ids"], page["documents"], strict=True):
-                key = text_key(document or "")
-                if key in wanted_left:
-                    ids[chunk_id] = key
-                    del wanted_left[key]
-                    if not wanted_left:
-                        break
-            if not wanted_left:
-                break
+        ids = {index[key]: key for key in wanted if key in index}  # one chunk per wanted text
         if not ids:
             return None
         got = collection.get(ids=list(ids), include=["embeddings"])

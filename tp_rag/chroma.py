@@ -21,7 +21,6 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 try:
@@ -32,11 +31,12 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
         'tp_rag.chroma needs chromadb, which is not installed: pip install "tp-rag[chroma]"'
     ) from error
 
-from tp_rag.adapters import load_encoder
+from tp_rag.adapters import LOADING_OPTIONS, load_encoder
 from tp_rag.encoder import TPEncoder
+from tp_rag.loading import model_key
 from tp_rag.prompts import resolve_prompt
 
-_STORED_LOADING = ("revision", "trust_remote_code", "model_kwargs")
+_STORED_LOADING = frozenset(LOADING_OPTIONS) - {"preset"}
 """Loading options stored with a collection (a preset's settings are stored as settings)."""
 
 TRUST_REMOTE_CODE_ENV = "TP_RAG_TRUST_REMOTE_CODE"
@@ -150,7 +150,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         self._tp = tp
         self._query_prompt = query_prompt
         if encoder.load_kwargs.get("trust_remote_code"):
-            _trusted_models.add(_model_key(encoder.config.model))
+            _trusted_models.add(model_key(encoder.config.model))
 
     @property
     def encoder(self) -> TPEncoder:
@@ -192,16 +192,10 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         """
         settings = self._encoder.config.to_dict()
         del settings["model_digest"]
-        model = settings.pop("model")
-        if Path(model).is_dir():  # a relative path would break when reopened from elsewhere
-            model = str(Path(model).resolve())
+        model = model_key(settings.pop("model"))  # a relative path breaks when reopened elsewhere
         # How the encoder was loaded, so a rebuild loads the same weights. A preset file's
         # settings are already in `settings`: the file is not needed again.
-        loading = {
-            key: value
-            for key, value in self._encoder.load_kwargs.items()
-            if key in _STORED_LOADING and value not in (None, {})
-        }
+        loading = {k: v for k, v in self._encoder.load_kwargs.items() if v not in (None, {})}
         config = {
             "model": model,
             **settings,
@@ -232,7 +226,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         settings = dict(config)
         expected = settings.pop("fingerprint", None)
         nested = dict(settings.get("model_kwargs") or {})
-        if set(nested) & set(_STORED_LOADING):
+        if set(nested) & _STORED_LOADING:
             # tp-rag 0.1 stored the loading options inside model_kwargs: lift them out.
             settings.update({k: v for k, v in nested.items() if k != "model_kwargs"})
             settings["model_kwargs"] = nested.get("model_kwargs") or {}
@@ -252,11 +246,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         return function
 
 
-def _model_key(model: str) -> str:
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
-
-
 def _check_trusted(settings: dict[str, Any]) -> None:
     """Refuse a stored config that would run code or fetch other files, unless the reader of
     the collection opted in (``TP_RAG_TRUST_REMOTE_CODE=1``, or loading that model with
@@ -274,7 +263,7 @@ def _check_trusted(settings: dict[str, Any]) -> None:
     if not asks:
         return
     model = str(settings.get("model"))
-    if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1" or _model_key(model) in _trusted_models:
+    if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1" or model_key(model) in _trusted_models:
         return
     raise PermissionError(
         f"this collection's stored embedding function loads model {model!r} with "

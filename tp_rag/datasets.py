@@ -300,7 +300,9 @@ def read_labelled_documents(folder: str | Path, split: str = "test") -> Retrieva
     """Read a folder of documents labelled the BEIR way: ``docs/`` in place of ``corpus.jsonl``.
 
     Each file of ``docs/`` that ``tp_rag.documents.read_document`` reads is one document, its id
-    the file name without the extension; ``queries.jsonl`` and ``qrels/<split>.tsv`` are BEIR's.
+    the file name without the extension, its text without surrounding whitespace (as ``ingest``
+    stores a chunk, so an ingested copy's vectors can be reused); ``queries.jsonl`` and
+    ``qrels/<split>.tsv`` are BEIR's.
 
     >>> data = read_labelled_documents("demo/sample")  # doctest: +SKIP
     >>> len(data.documents), len(data.queries)  # doctest: +SKIP
@@ -311,7 +313,7 @@ def read_labelled_documents(folder: str | Path, split: str = "test") -> Retrieva
     folder = Path(folder)
     docs, queries_path, qrels_path = _beir_paths(folder, "docs", split)
     corpus = {
-        path.stem: read_document(path)
+        path.stem: read_document(path).strip()
         for path in sorted(docs.iterdir())
         if path.is_file() and path.suffix.lower() in SUFFIXES
     }

@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.ingest import IngestProgress, IngestSummary, plan_source, read_chunks, settle_chunking
+from tp_rag.ingest import (
+    IngestProgress,
+    IngestSummary,
+    count_file,
+    plan_source,
+    read_chunks,
+    settle_chunking,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -403,15 +410,12 @@ def _tally(
 ) -> None:
     """Count the read files into ``summary`` as ``ingest`` does, in the order of the files."""
     for record in records:
-        if record["reason"]:
-            summary.skipped.append((record["path"], record["reason"]))
-            if progress is not None:
-                progress.file_read(record["source"], 0)
-            continue
-        summary.files += 1
-        if progress is not None:
-            progress.file_read(record["source"], record["missing"])
-        if record["missing"] or record["stale"] != "[]":
-            summary.updated += 1
-        else:
-            summary.unchanged += 1
+        count_file(
+            summary,
+            progress,
+            record["path"],
+            record["source"],
+            reason=record["reason"] or None,
+            missing=record["missing"],
+            changed=bool(record["missing"]) or record["stale"] != "[]",
+        )

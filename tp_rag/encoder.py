@@ -240,7 +240,8 @@ class TPEncoder:
                 layer: np.zeros((0, self._width(index)), dtype=np.float32)
                 for layer, index in readout.items()
             }
-        features = self.tokenize(items, tp=use_tp, prompt=prompt)
+        self._check_max_length(templates)
+        features = self._prompt_features(items, tp=use_tp, templates=templates)
         per_text = len(templates)
         truncated = sum(
             any(f.truncated for f in features[i : i + per_text])
@@ -291,9 +292,15 @@ class TPEncoder:
         use_tp = self.config.tp if tp is None else bool(tp)
         templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
         self._check_max_length(templates)
+        return self._prompt_features(items, tp=use_tp, templates=templates)
+
+    def _prompt_features(
+        self, items: list[str], *, tp: bool, templates: tuple[str, ...]
+    ) -> list[PromptFeatures]:
+        """``tokenize`` for texts already checked: clean up, render, tokenize."""
         if self.config.cleans_text:
             items = [clean_sentence(t) for t in items]
-        prompts = [render(template, text, tp=use_tp) for text in items for template in templates]
+        prompts = [render(template, text, tp=tp) for text in items for template in templates]
         return self._tokenize_prompts(prompts)
 
     def _check_max_length(self, templates: tuple[str, ...]) -> None:

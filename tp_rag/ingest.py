@@ -162,26 +162,47 @@ def _ingest(
         source = source_name(path)
         chunks, reason = read_chunks(path, encoder.tokenizer, chunk_size, chunk_overlap)
         if reason is not None:
-            summary.skipped.append((str(path), reason))
-            if progress is not None:
-                progress.file_read(source, 0)
+            count_file(summary, progress, str(path), source, reason=reason)
             continue
         if any(item.source == source for item in pending):
             flush()  # two files with one source name: the later one replaces the earlier
         missing, stale = plan_source(source, chunks, *store.source_ids(source))
-        summary.files += 1
-        if progress is not None:
-            progress.file_read(source, len(missing))
-        if not missing and not stale:
-            summary.unchanged += 1
+        changed = bool(missing or stale)
+        count_file(summary, progress, str(path), source, missing=len(missing), changed=changed)
+        if not changed:
             continue
-        summary.updated += 1
         pending.append(_Pending(source, missing, stale))
         if sum(len(item.chunks) for item in pending) >= encoder.config.batch_size:
             flush()
     flush()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def count_file(
+    summary: IngestSummary,
+    progress: IngestProgress | None,
+    path: str,
+    source: str,
+    *,
+    reason: str | None = None,
+    missing: int = 0,
+    changed: bool = False,
+) -> None:
+    """Record one file in ``summary`` and ``progress``: skipped for ``reason``, or read with
+    ``missing`` chunks to write, ``changed`` when it has chunks to write or outdated ones."""
+    if reason is not None:
+        summary.skipped.append((path, reason))
+        if progress is not None:
+            progress.file_read(source, 0)
+        return
+    summary.files += 1
+    if progress is not None:
+        progress.file_read(source, missing)
+    if changed:
+        summary.updated += 1
+    else:
+        summary.unchanged += 1
 
 
 def settle_chunking(
@@ -277,21 +298,13 @@ def _write(
         summary.removed += len(item.stale)
 
 
-def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False) -> PruneSummary:
-    """Make ``store`` mirror ``paths``: remove the chunks of files that are no longer there.
+def prune_scope(paths: Iterable[str | Path]) -> tuple[list[Path], set[str]]:
+    """What ``prune`` mirrors: the resolved ``paths`` and the files found under them now.
 
-    A source is pruned when it is recorded as a path equal to or under one of ``paths`` and is
-    not among the files ``tp_rag.documents.find_files`` finds there now (deleted, moved or
-    renamed), from both collections. Sources recorded under other names (the demo's
-    ``sample/NAME`` and upload names) are never pruned. Against a typo, every path must exist
-    and hold at least one file tp-rag reads, else ``ValueError`` and nothing is removed.
-    ``dry_run=True`` only says what would be removed.
-
-    >>> print(prune(["notes/"], store, dry_run=True))  # doctest: +SKIP
-    would remove 4 chunks of 1 file no longer found
+    Against a typo, every path must exist and hold at least one file tp-rag reads, else
+    ``ValueError`` (call it first to refuse a bad path before anything is written).
     """
     from tp_rag.documents import find_files
-    from tp_rag.store import server_errors, write_lock
 
     roots = []
     found: set[str] = set()
@@ -308,6 +321,25 @@ def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False)
         found.update(str(file) for file in files)
     if not roots:
         raise ValueError("no paths given; nothing pruned")
+    return roots, found
+
+
+def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False) -> PruneSummary:
+    """Make ``store`` mirror ``paths``: remove the chunks of files that are no longer there.
+
+    A source is pruned when it is recorded as a path equal to or under one of ``paths`` and is
+    not among the files ``tp_rag.documents.find_files`` finds there now (deleted, moved or
+    renamed), from both collections. Sources recorded under other names (the demo's
+    ``sample/NAME`` and upload names) are never pruned. Against a typo, every path must exist
+    and hold at least one file tp-rag reads, else ``ValueError`` and nothing is removed.
+    ``dry_run=True`` only says what would be removed.
+
+    >>> print(prune(["notes/"], store, dry_run=True))  # doctest: +SKIP
+    would remove 4 chunks of 1 file no longer found
+    """
+    from tp_rag.store import server_errors, write_lock
+
+    roots, found = prune_scope(paths)
 
     def under_roots(source: str) -> bool:
         candidate = Path(source)

@@ -170,6 +170,17 @@ def load_config(
     return config
 
 
+def model_key(name_or_path: str) -> str:
+    """How a model is named wherever it must be recognised again (the model cache, a stored
+    collection): a local folder by its absolute path, a hub model by its name as given.
+
+    >>> model_key("gpt2")
+    'gpt2'
+    """
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if local.is_dir() else name_or_path
+
+
 def num_decoder_layers(config: PretrainedConfig) -> int:
     """The number of decoder layers of a Hugging Face model config."""
     return int(config.get_text_config().num_hidden_layers)
@@ -363,9 +374,8 @@ def load_model(
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Load (or reuse) the base decoder, without its LM head, with ``<PST>`` added."""
-    local = Path(name_or_path).expanduser()
     key = (
-        str(local.resolve()) if local.is_dir() else name_or_path,  # one load per directory
+        model_key(name_or_path),  # one load per directory, however it is named
         revision,
         trust_remote_code,
         str(device),

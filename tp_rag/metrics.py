@@ -39,9 +39,8 @@ def sts_spearman(pairs: StsPairs, vectors: np.ndarray, index: dict[str, int]) ->
     """Spearman x100 of pair cosines against gold; ``vectors[index[text]]`` embeds ``text``."""
     from scipy.stats import spearmanr
 
-    unit = unit_rows(vectors)
-    first = unit[[index[s] for s in pairs.sentences1]]  # (n, d)
-    second = unit[[index[s] for s in pairs.sentences2]]  # (n, d)
+    first = unit_rows(vectors[[index[s] for s in pairs.sentences1]])  # (n, d)
+    second = unit_rows(vectors[[index[s] for s in pairs.sentences2]])  # (n, d)
     cosines = (first * second).sum(axis=1)
     return float(spearmanr(cosines, pairs.scores).statistic * 100)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tp_rag.cli.options import add_store_options, open_store
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
-from tp_rag.ingest import ingest, prune
+from tp_rag.ingest import ingest, prune, prune_scope
 from tp_rag.progress import IngestCounts
 
 
@@ -119,11 +119,11 @@ def run_ingest(args: argparse.Namespace) -> int:
     if args.ray is not None:
         _check_ray_options(args)
     store = open_store(args, create=True)
-    if args.prune:  # checks the paths (a typo is refused) before anything is written
-        pruning = prune(args.paths, store, dry_run=True)
-        if args.dry_run:
-            _print_pruned(out, pruning)
-            return 0
+    if args.prune and args.dry_run:
+        _print_pruned(out, prune(args.paths, store, dry_run=True))
+        return 0
+    if args.prune:
+        prune_scope(args.paths)  # a mistyped path is refused before anything is written
     if args.ray is not None:
         summary = _ingest_on_ray(args, store, err)
     else:
@@ -194,12 +194,12 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
 
 def _check_ray_options(args: argparse.Namespace) -> None:
     """Refuse ``--ray`` without Ray Data or without a Chroma server, before anything is made."""
+    from tp_rag.distributed import import_ray
+
     try:
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ValueError(
-            'ingesting with --ray needs Ray Data, which is not installed: pip install "tp-rag[ray]"'
-        ) from None
+        import_ray()
+    except ImportError as error:
+        raise ValueError(str(error)) from None
     if not args.chroma_host:
         raise ValueError(
             "--ray writes from several processes at once, and an embedded Chroma database "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tp_rag.config import DEFAULT_MODEL, DTYPES, POOLINGS, TPConfig
@@ -122,10 +121,12 @@ def client_from_args(args: argparse.Namespace) -> Any:
 def encoder_for(args: argparse.Namespace, recorded: dict[str, Any] | None) -> TPEncoder:
     """The encoder the options ask for; without ``--model`` or ``--preset``, an existing
     collection's own model and settings (options given still override them)."""
-    if args.model is not None and Path(args.model).is_dir():
-        # An absolute path names the model the same way the collection's embedding function
-        # records it, so Chroma's rebuild of that function finds this model already loaded.
-        args = argparse.Namespace(**{**vars(args), "model": str(Path(args.model).resolve())})
+    if args.model is not None:
+        from tp_rag.loading import model_key
+
+        # A folder named by its absolute path, as the collection's embedding function records
+        # it, so Chroma's rebuild of that function finds this model already loaded.
+        args = argparse.Namespace(**{**vars(args), "model": model_key(args.model)})
     if recorded is None or args.model is not None or args.preset is not None:
         return encoder_from_args(args)
     settings = {
