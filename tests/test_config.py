@@ -75,6 +75,16 @@ def test_fingerprint_tracks_the_space_not_the_runtime() -> None:
     assert len(config.fingerprint()) == 16
 
 
+def test_tp_off_fingerprint_ignores_the_tp_layers() -> None:
+    """TP off overwrites nothing, so tp_start/tp_stop cannot change its vectors: its fingerprint
+    is the same for any of them (and still differs from TP on's, and by output_layer)."""
+    off = TPConfig(**BASE).replace(tp=False)
+    assert off.replace(tp_stop=7).fingerprint() == off.fingerprint()
+    assert off.replace(tp_start=0, tp_stop=2).fingerprint() == off.fingerprint()
+    assert off.replace(output_layer=5).fingerprint() != off.fingerprint()
+    assert TPConfig(**BASE).fingerprint() != off.fingerprint()
+
+
 def test_config_is_immutable_and_round_trips() -> None:
     """TPConfig is frozen; to_dict() rebuilds an equal config."""
     config = TPConfig(**BASE)

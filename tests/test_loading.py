@@ -206,19 +206,189 @@ def test_fingerprint_changes_with_any_weight_or_tokenizer_change(
     assert TPEncoder.from_pretrained(changed, dtype="float32").config.fingerprint() != base
 
 
-def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_llama: Path, tmp_path: Path) -> None:
-    """The documented promise: the same checkpoint loaded in float32 or bfloat16 is the same
-    space, also for a checkpoint stored in bfloat16."""
-    fp32 = TPEncoder.from_pretrained(tiny_llama, dtype="float32").config.fingerprint()
-    assert TPEncoder.from_pretrained(tiny_llama, dtype="bfloat16").config.fingerprint() == fp32
+def test_fingerprint_is_the_same_in_every_loading_dtype(tiny_llama: Path, tmp_path: Path) -> None:
+    """The documented promise: the same checkpoint loaded in float32, bfloat16 or float16 is the
+    same space (the digest reads the stored tensors, not the loaded ones), also for a checkpoint
+    stored in bfloat16; storing other values (the float32 weights rounded to bfloat16) is
+    another checkpoint, whose float32 vectors differ."""
+    dtypes = ("float32", "bfloat16", "float16")
+    fp32 = TPEncoder.from_pretrained(tiny_llama, dtype="float32")
+    got = {TPEncoder.from_pretrained(tiny_llama, dtype=d).config.fingerprint() for d in dtypes}
+    assert got == {fp32.config.fingerprint()}
 
     def to_bf16(tensors: dict) -> None:
         for name, tensor in tensors.items():
             tensors[name] = tensor.to(torch.bfloat16)
 
     stored_bf16 = _copy_with(tiny_llama, tmp_path / "bf16", weights=to_bf16)
-    got = {
-        TPEncoder.from_pretrained(stored_bf16, dtype=dtype).config.fingerprint()
-        for dtype in ("float32", "bfloat16")
+    encoders = [TPEncoder.from_pretrained(stored_bf16, dtype=d) for d in dtypes]
+    assert len({e.config.fingerprint() for e in encoders}) == 1
+    assert encoders[0].config.fingerprint() != fp32.config.fingerprint()
+    text = "A man plays a guitar."
+    assert not torch.equal(
+        torch.from_numpy(encoders[0].encode(text)), torch.from_numpy(fp32.encode(text))
+    )
+
+
+def _edit_config(source: Path, target: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of a model directory whose config.json is edited."""
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    state = json.loads((target / "config.json").read_text("utf-8"))
+    edit(state)
+    (target / "config.json").write_text(json.dumps(state), "utf-8")
+    return target
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rms_norm_eps": 0.5},
+        {"hidden_act": "gelu"},
+        {"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}},
+        {"rope_theta": 5e5, "rope_parameters": None},  # the older spelling, as Llama-2 has it
+    ],
+    ids=["rms_norm_eps", "hidden_act", "rope_parameters", "rope_theta"],
+)
+def test_fingerprint_changes_with_the_model_config(
+    tiny_llama: Path, tmp_path: Path, change: dict
+) -> None:
+    """A copy of a model whose config changes the forward pass (its vectors differ) is
+    another space, although its weights and tokenizer are the same bytes."""
+
+    def edit(state: dict) -> None:
+        state.update(change)
+        if state.get("rope_parameters") is None:
+            state.pop("rope_parameters")
+
+    texts = ["A man plays a guitar.", "The cat sleeps on the warm windowsill."]
+    base = TPEncoder.from_pretrained(tiny_llama, dtype="float32")
+    changed = TPEncoder.from_pretrained(
+        _edit_config(tiny_llama, tmp_path / "c", edit), dtype="float32"
+    )
+    assert not torch.allclose(
+        torch.from_numpy(changed.encode(texts)), torch.from_numpy(base.encode(texts)), atol=1e-4
+    )  # the config really changes the vectors
+    assert changed.config.fingerprint() != base.config.fingerprint()
+    assert (
+        changed.config.replace(tp=False).fingerprint()
+        != base.config.replace(tp=False).fingerprint()
+    )
+
+
+def test_fingerprint_ignores_config_values_that_do_not_change_vectors(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """Provenance, the cache switch, the stored dtype label and generation settings in
+    config.json change no vector, so they keep the fingerprint."""
+
+    def edit(state: dict) -> None:
+        state.update(
+            transformers_version="4.46.3",
+            _name_or_path="someone/else",
+            use_cache=False,
+            architectures=["LlamaModel"],
+            temperature=0.3,
+            max_length=77,
+            do_sample=True,
+        )
+
+    texts = ["A man plays a guitar.", "The cat sleeps on the warm windowsill."]
+    base = TPEncoder.from_pretrained(tiny_llama, dtype="float32")
+    same = TPEncoder.from_pretrained(
+        _edit_config(tiny_llama, tmp_path / "s", edit), dtype="float32"
+    )
+    assert torch.equal(torch.from_numpy(same.encode(texts)), torch.from_numpy(base.encode(texts)))
+    assert same.config.fingerprint() == base.config.fingerprint()
+
+
+def test_tp_off_fingerprint_does_not_depend_on_the_tp_layers(tiny_llama: Path) -> None:
+    """TP off runs no TP layer: other tp_start/tp_stop give the same vectors and fingerprint
+    (TP on they differ)."""
+    encoder = TPEncoder.from_pretrained(tiny_llama, dtype="float32", tp_start=0, tp_stop=2)
+    other = encoder.with_settings(tp_start=1, tp_stop=4)
+    texts = ["A man plays a guitar.", "Is it raining?"]
+    off, other_off = encoder.encode(texts, tp=False), other.encode(texts, tp=False)
+    assert torch.equal(torch.from_numpy(off), torch.from_numpy(other_off))
+    assert (
+        encoder.config.replace(tp=False).fingerprint()
+        == other.config.replace(tp=False).fingerprint()
+    )
+    assert encoder.config.fingerprint() != other.config.fingerprint()
+
+
+def _as_bin_checkpoint(source: Path, target: Path) -> Path:
+    """A copy whose weights are a pytorch_model.bin (no safetensors)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(source, target)
+    torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    return target
+
+
+def test_checkpoints_without_safetensors_are_digested_as_loaded(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """The fallback for a .bin checkpoint (or a model built in memory): the loaded tensors,
+    dtype included. Stable across loads, sensitive to a weight, and a float32 and a bfloat16
+    load count as two spaces (nothing proves they come from the same stored values)."""
+    import shutil
+
+    binary = _as_bin_checkpoint(tiny_llama, tmp_path / "bin")
+    assert loading.checkpoint_files(str(binary), loading.load_config(str(binary))) is None
+    fp32 = TPEncoder.from_pretrained(binary, dtype="float32").config.fingerprint()
+    again = shutil.copytree(binary, tmp_path / "bin-again")  # another path: a second load
+    assert TPEncoder.from_pretrained(again, dtype="float32").config.fingerprint() == fp32
+    assert TPEncoder.from_pretrained(binary, dtype="bfloat16").config.fingerprint() != fp32
+
+    edited = _copy_with(tiny_llama, tmp_path / "edited", weights=_one_embedding_row)
+    edited_bin = _as_bin_checkpoint(edited, tmp_path / "edited-bin")
+    assert TPEncoder.from_pretrained(edited_bin, dtype="float32").config.fingerprint() != fp32
+
+    # A model built in memory: the same digest function, no files.
+    model = TPEncoder.from_pretrained(tiny_llama, dtype="float32")._loaded.model
+    tokenizer = loading.load_tokenizer(str(tiny_llama))
+    digest = loading.model_digest(model, tokenizer)
+    assert len(digest) == 32 and digest == loading.model_digest(model, tokenizer, files=None)
+
+
+def test_sharded_safetensors_digest_every_shard(tiny_llama: Path, tmp_path: Path) -> None:
+    """A checkpoint split into shards (model.safetensors.index.json) is digested from all its
+    shards: a change in the second shard gives another fingerprint."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def shard(target: Path, scale: float) -> Path:
+        shutil.copytree(tiny_llama, target)
+        tensors = load_file(target / "model.safetensors")
+        (target / "model.safetensors").unlink()
+        names = sorted(tensors)
+        halves = {
+            "model-00001-of-00002.safetensors": names[::2],
+            "model-00002-of-00002.safetensors": names[1::2],
+        }
+        for file, part in halves.items():
+            save_file({n: tensors[n] for n in part}, target / file, metadata={"format": "pt"})
+        last = halves["model-00002-of-00002.safetensors"][-1]
+        second = load_file(target / "model-00002-of-00002.safetensors")
+        second[last] = second[last] * scale
+        save_file(second, target / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+        weight_map = {n: f for f, part in halves.items() for n in part}
+        index = {"metadata": {}, "weight_map": weight_map}
+        (target / "model.safetensors.index.json").write_text(json.dumps(index), "utf-8")
+        return target
+
+    same, changed = shard(tmp_path / "same", 1.0), shard(tmp_path / "changed", 1.5)
+    files = loading.checkpoint_files(str(same), loading.load_config(str(same)))
+    assert files is not None and len(files) == 2
+    fingerprints = {
+        TPEncoder.from_pretrained(p, dtype="float32").config.fingerprint() for p in (same, changed)
     }
-    assert got == {fp32}  # rounding the float32 weights to bfloat16 loses nothing the digest saw
+    assert len(fingerprints) == 2

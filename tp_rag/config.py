@@ -24,7 +24,9 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # Bumped whenever the way vectors are computed changes, so old fingerprints stop matching.
 # 2: model_digest covers every weight and the tokenizer; Llama-2-style tokenizer.json pipelines
 # are used as written (one token fewer before <PST>).
-_METHOD_VERSION = "tp-rag/2"
+# 3: model_digest also covers the model config and reads the weights as stored (safetensors),
+# whatever the loading dtype; TP off no longer depends on tp_start/tp_stop.
+_METHOD_VERSION = "tp-rag/3"
 
 RUNTIME_FIELDS: frozenset[str] = frozenset(
     {"batch_size", "max_batch_tokens", "device", "dtype", "model"}
@@ -218,6 +220,8 @@ class TPConfig:
     def space(self) -> dict[str, Any]:
         """The settings that define the embedding space (what ``fingerprint`` hashes)."""
         space = {name: getattr(self, name) for name in self.space_fields()}
+        if not self.tp:  # TP off runs no TP layers: the same vectors whatever they are
+            space["tp_start"] = space["tp_stop"] = None
         space["prompt"] = list(self.templates)
         space["clean_text"] = self.cleans_text
         space["method"] = _METHOD_VERSION
@@ -227,17 +231,21 @@ class TPConfig:
         """A short stable string that identifies the embedding space.
 
         Two encoders with equal fingerprints give the same vectors up to floating-point rounding:
-        the fingerprint covers the weights and tokenizer (by content digest, see
-        ``tp_rag.loading.model_digest``), the prompt text, clean-up, TP settings, readout layer,
-        pooling, normalisation and ``max_length``. It ignores ``batch_size``,
-        ``max_batch_tokens``, ``device`` and ``dtype``, and the model's name or path (the same
-        weights in another directory are the same model).
+        the fingerprint covers the weights, model config and tokenizer (by content digest, see
+        ``tp_rag.loading.model_digest``), the prompt text, clean-up, TP settings (with TP off,
+        ``tp_start`` and ``tp_stop`` do nothing and are left out), readout layer, pooling,
+        normalisation and ``max_length``. It ignores ``batch_size``, ``max_batch_tokens``,
+        ``device`` and ``dtype``, and the model's name or path (the same weights in another
+        directory are the same model).
 
         >>> a = TPConfig(model_digest="x", tp_start=1, tp_stop=3, output_layer=4)
         >>> a.fingerprint() == a.replace(batch_size=8).fingerprint()
         True
         >>> a.fingerprint() == a.replace(tp=False).fingerprint()
         False
+        >>> off = a.replace(tp=False)
+        >>> off.fingerprint() == off.replace(tp_stop=4).fingerprint()
+        True
         """
         canonical = json.dumps(self.space(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

@@ -47,7 +47,7 @@ class LoadedModel:
     layers: nn.ModuleList
     placeholder_id: int
     digest: str
-    """``model_digest``: the checkpoint's weights and tokenizer (see ``model_digest``)."""
+    """``model_digest``: the checkpoint's weights, model config and tokenizer."""
     device: torch.device
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -252,35 +252,167 @@ class _HeadlessLoadFilter(logging.Filter):
         )
 
 
-def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 over every value of every tensor, floating-point values rounded to bfloat16.
+MODEL_CONFIG_OUTSIDE_THE_SPACE: frozenset[str] = frozenset(
+    {
+        # Names and provenance: where the files came from, which transformers wrote them.
+        "_name_or_path",
+        "transformers_version",
+        # The head classes and pipelines built on top of the base model, which tp-rag never
+        # loads: AutoModel picks the base model from model_type, not from architectures.
+        "architectures",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "finetuning_task",
+        "task_specific_params",
+        # What a forward pass returns or keeps, not the values it computes: tp-rag runs each
+        # prompt once (no generation, so no key/value cache) and reads hidden states by hooks.
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        # The stored dtype (the weight digest reads the stored tensors themselves) and the
+        # loading dtype (transformers writes it here; like the device, it changes rounding).
+        "dtype",
+        "torch_dtype",
+    }
+)
+"""Model-config keys that ``config_digest`` leaves out, because they provably do not change
+the vectors. Every other key is in (norm epsilons, activation, rope settings and scaling,
+sliding window, soft-capping, attention and residual multipliers, layer types, quantization, a
+key a future transformers adds, ...): a value that does not matter costs at worst a re-embedding,
+a value left out that does matter would mix spaces. Generation settings (``temperature``,
+``max_length``, ...) never reach the model config in transformers 5 (it moves them to
+``generation_config.json``, which is not read); the choice of attention kernel
+(``attn_implementation``) is a loading option that, like the dtype, changes only rounding."""
 
-    The rounding makes the digest the same whether a checkpoint is loaded in float32 or
-    bfloat16, on any device: a bfloat16 checkpoint loaded in float32 holds exactly its bfloat16
-    values, and a float32 checkpoint loaded in bfloat16 holds them rounded the same way. Any
-    change that alters a bfloat16 value changes the digest (a fine-tune, a merged LoRA at 1e-3
-    relative size, one edited embedding row); only a change below bfloat16's resolution in every
-    value (relative 2**-9) goes unseen, and such weights are identical in bfloat16. A float16
-    load of a checkpoint stored in another precision can differ (float16 cannot hold every
-    bfloat16 value). Tensors are hashed in parallel threads; the result does not depend on how
-    many.
+
+def config_digest(config: PretrainedConfig) -> str:
+    """sha256 of a model config's values (``config.to_dict()``, nested configs included)
+    without ``MODEL_CONFIG_OUTSIDE_THE_SPACE``.
+
+    >>> config_digest(AutoConfig.from_pretrained("/models/llama"))  # doctest: +SKIP
+    '9c1e...'
+    """
+
+    def space_part(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                str(key): space_part(item)
+                for key, item in value.items()
+                if key not in MODEL_CONFIG_OUTSIDE_THE_SPACE
+            }
+        if isinstance(value, (list, tuple)):
+            return [space_part(item) for item in value]
+        return value
+
+    values = space_part(config.to_dict())
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_SAFETENSORS, _SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def checkpoint_files(
+    name_or_path: str,
+    config: PretrainedConfig,
+    *,
+    revision: str | None = None,
+    **model_kwargs: Any,
+) -> list[str] | None:
+    """The safetensors files transformers loads the weights from (after loading: hub files are
+    then in the local cache), in transformers' own order of preference (one file, then a
+    sharded index), honouring ``subfolder``, ``variant`` and a config's ``transformers_weights``.
+    ``None`` when the weights come from elsewhere (``.bin``, ``gguf_file``, ``use_safetensors=
+    False``, a file not found where expected)."""
+    if model_kwargs.get("use_safetensors") is False or model_kwargs.get("gguf_file"):
+        return None
+    subfolder = str(model_kwargs.get("subfolder") or "")
+    variant = model_kwargs.get("variant")
+
+    def named(name: str) -> str:
+        if not variant:
+            return name
+        stem, _, extension = name.partition(".")
+        return f"{stem}.{variant}.{extension}"
+
+    explicit = getattr(config, "transformers_weights", None)
+    names = [explicit] if explicit else [named(_SAFETENSORS), named(_SAFETENSORS_INDEX)]
+    local = Path(name_or_path).expanduser()
+
+    def find(name: str) -> Path | None:
+        if local.is_dir():
+            path = local / subfolder / name
+            return path if path.is_file() else None
+        cached = try_to_load_from_cache(
+            name_or_path, str(Path(subfolder) / name), revision=revision
+        )
+        return Path(cached) if isinstance(cached, str) else None
+
+    for name in names:
+        path = find(name)
+        if path is None:
+            continue
+        if name.endswith(".safetensors"):
+            return [str(path)]
+        if name.endswith(".safetensors.index.json"):
+            weight_map = json.loads(path.read_text("utf-8")).get("weight_map", {})
+            shards = [find(shard) for shard in sorted(set(weight_map.values()))]
+            if shards and all(shards):
+                return [str(shard) for shard in shards if shard is not None]
+        return None
+    return None
+
+
+def _hash_tensor(name: str, tensor: torch.Tensor) -> bytes:
+    """sha256 of one tensor: its name, dtype, shape and raw bytes (as held, no conversion)."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # releases the GIL
+    return digest.digest()
+
+
+def _combine(hashes: Iterable[bytes]) -> str:
+    return hashlib.sha256(b"".join(hashes)).hexdigest()
+
+
+def stored_weights_digest(files: Iterable[str | Path]) -> str:
+    """sha256 over every tensor of safetensors ``files`` exactly as stored (name, stored dtype,
+    shape, bytes), whatever dtype or device the model is loaded in. The files are memory-mapped
+    (just read by the load, so normally in the page cache); tensors are hashed in parallel
+    threads and the result does not depend on how many, nor on how the tensors are sharded.
+
+    >>> stored_weights_digest(["/models/llama/model.safetensors"])  # doctest: +SKIP
+    '5d0b...'
+    """
+    from safetensors import safe_open
+
+    handles = [safe_open(str(path), framework="pt") for path in files]
+    where: dict[str, Any] = {}
+    for handle in handles:
+        for name in handle.keys():  # noqa: SIM118 (a safetensors file is not iterable)
+            if where.setdefault(name, handle) is not handle:
+                raise ValueError(f"two safetensors shards hold tensor {name!r}: corrupt checkpoint")
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        hashes = pool.map(
+            lambda name: _hash_tensor(name, where[name].get_tensor(name)), sorted(where)
+        )
+        return _combine(hashes)
+
+
+def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over every tensor as held in memory (name, dtype, shape, bytes): the fallback for
+    weights that do not come from safetensors files (a ``.bin`` checkpoint, a model built in
+    memory). The same weights held in another dtype give another digest, so for these a
+    float32 and a bfloat16 load count as two spaces (they cannot be traced to stored bytes).
 
     >>> weights_digest(model.state_dict().items())  # doctest: +SKIP
     '3f2a...'
     """
-
-    def tensor_hash(item: tuple[str, torch.Tensor]) -> bytes:
-        name, tensor = item
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = tensor.to("cpu", torch.bfloat16).view(torch.int16)
-        digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.to("cpu").contiguous().flatten().numpy().view("uint8"))
-        return digest.digest()  # hashlib and the conversion release the GIL
-
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        hashes = pool.map(tensor_hash, sorted(named_tensors, key=lambda item: item[0]))
-        return hashlib.sha256(b"".join(hashes)).hexdigest()
+        ordered = sorted(named_tensors, key=lambda item: item[0])
+        return _combine(pool.map(lambda item: _hash_tensor(*item), ordered))
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -291,11 +423,29 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
-def model_digest(model: nn.Module, tokenizer: Any) -> str:
-    """The checkpoint's identity for ``TPConfig.model_digest`` (32 hex characters): its weights
-    (``weights_digest``) and its tokenizer (``tokenizer_digest``), before ``<PST>`` is added."""
-    weights = weights_digest(model.state_dict().items())
-    combined = f"weights:{weights}|tokenizer:{tokenizer_digest(tokenizer)}"
+def model_digest(
+    model: nn.Module, tokenizer: Any, files: Iterable[str | Path] | None = None
+) -> str:
+    """The embedding space's model part, for ``TPConfig.model_digest`` (32 hex characters):
+    the weights, the model config (``config_digest``) and the tokenizer (``tokenizer_digest``),
+    before ``<PST>`` is added.
+
+    The weights are digested from the safetensors ``files`` they were loaded from
+    (``stored_weights_digest``: independent of the loading dtype and device); without files
+    (``None``), from the tensors in memory (``weights_digest``), which names the dtype they are
+    held in, so the fallback's digest changes with the loading dtype.
+
+    >>> model_digest(model, tokenizer, checkpoint_files(path, model.config))  # doctest: +SKIP
+    """
+    files = list(files) if files is not None else None
+    if files:
+        weights = "stored:" + stored_weights_digest(files)
+    else:
+        weights = "in-memory:" + weights_digest(model.state_dict().items())
+    combined = (
+        f"weights:{weights}|config:{config_digest(model.config)}"
+        f"|tokenizer:{tokenizer_digest(tokenizer)}"
+    )
     return hashlib.sha256(combined.encode()).hexdigest()[:32]
 
 
@@ -434,7 +584,8 @@ def _load_uncached(
         )
     load_count += 1
     model.eval()
-    digest = model_digest(model, tokenizer)  # on the CPU, before moving to the device
+    files = checkpoint_files(name_or_path, config, revision=revision, **model_kwargs)
+    digest = model_digest(model, tokenizer, files)  # before <PST> and before moving
     placeholder_id = _add_placeholder(model, tokenizer)
     model.to(device)
     return LoadedModel(
