@@ -371,6 +371,32 @@ def test_cli_eval_retrieval(
     assert report["queries"] == 5 and report["documents"] == 12 and report["split"] == "test"
 
 
+def test_cli_eval_cache_is_not_reused_for_a_changed_model_config(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """`eval` with the vector cache, first with a model, then with a copy whose config.json
+    changes the forward pass (rms_norm_eps): the second run reports the changed model's own
+    figures (computed without any cache), not the cached vectors of the first."""
+    import shutil
+
+    changed = shutil.copytree(tiny_llama, tmp_path / "changed")
+    config = json.loads((changed / "config.json").read_text("utf-8"))
+    config["rms_norm_eps"] = 0.5
+    (changed / "config.json").write_text(json.dumps(config), "utf-8")
+    data = write_stsb(tmp_path / "sts-dev.csv")
+    args = ["eval", "sts", "--data", str(data), "--device", "cpu", "--dtype", "float32"]
+    assert main([*args, "--model", str(tiny_llama)]) == 0  # fills the cache
+    out = tmp_path / "changed.json"
+    assert main([*args, "--model", str(changed), "--json", str(out)]) == 0
+    (task,) = json.loads(out.read_text())["tasks"]
+    encoder = TPEncoder.from_pretrained(changed, device="cpu", dtype="float32")
+    (pairs,) = read_sts(data).parts
+    texts, index = text_index([*pairs.sentences1, *pairs.sentences2])
+    for label, tp in (("TP on", True), ("TP off", False)):
+        expected = sts_spearman(pairs, encoder.encode(texts, tp=tp), index)
+        assert task["spearman"][label] == pytest.approx(expected, abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
