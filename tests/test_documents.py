@@ -199,3 +199,49 @@ def test_a_fifo_named_on_the_command_line_is_reported_as_such(tmp_path: Path) ->
     reasons = dict(skipped)
     assert "named pipe (FIFO)" in reasons[str(fifo)]
     assert "character device" in reasons["/dev/null"]
+
+
+def test_find_files_names_linked_files_by_the_folders_path(tmp_path: Path) -> None:
+    """A link inside a folder is a file of that folder under the link's own name, even when its
+    target lives elsewhere; a link to a folder is not followed (it could loop); a link named
+    on the command line keeps its name too."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "target.txt").write_text("x")
+    (outside / "sub" / "deep.txt").write_text("x")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "own.md").write_text("x")
+    (folder / "link.txt").symlink_to(outside / "target.txt")
+    (folder / "loop").symlink_to(folder)
+    (folder / "elsewhere").symlink_to(outside / "sub")
+
+    files, skipped = find_files([folder])
+    assert files == [folder.resolve() / "link.txt", folder.resolve() / "own.md"]
+    assert skipped == []
+    named, _ = find_files([folder / "link.txt"])
+    assert named == [folder.resolve() / "link.txt"]
+
+
+def test_find_files_walks_any_depth(tmp_path: Path) -> None:
+    """1,500 nested folders (deeper than Python's recursion limit) are walked, not crashed on."""
+    import os
+    import sys
+
+    depth = 1500
+    assert depth > sys.getrecursionlimit()
+    top = tmp_path / "deep"
+    bottom = top.joinpath(*["d"] * depth)
+    for n in range(depth + 1):  # Path.mkdir(parents=True) itself recurses
+        os.mkdir(top.joinpath(*["d"] * n))
+    try:
+        (top / "top.txt").write_text("x")
+        (bottom / "bottom.md").write_text("x")
+        files, skipped = find_files([top])
+        assert files == [bottom.resolve() / "bottom.md", top.resolve() / "top.txt"]  # sorted
+        assert skipped == []
+    finally:  # the tree is too deep for a recursive rmtree at teardown: remove it bottom up
+        for folder in [top.joinpath(*["d"] * n) for n in range(depth, -1, -1)]:
+            for file in folder.glob("*.*"):
+                file.unlink()
+            os.rmdir(folder)

@@ -448,3 +448,49 @@ def test_cli_prune_and_dry_run(
     typo = ["ingest", str(corpus), str(tmp_path / "typo"), *args[2:], "--prune"]
     assert main(typo) == 2
     assert "nothing pruned" in capsys.readouterr().err
+
+
+def test_prune_keeps_a_present_file_that_a_folder_walk_does_not_list(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """`ingest P P/.hid/h.txt`, then `prune P`: the hidden file is still there, so its chunks
+    stay; once it is deleted they go."""
+    from tp_rag.ingest import prune
+
+    hidden = corpus / ".hid" / "h.txt"
+    hidden.parent.mkdir()
+    hidden.write_text("A hidden note, named on the command line, that still exists.")
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    ingest([corpus, hidden], store, **CHUNKING)
+    source = str(hidden.resolve())
+    kept = ids(store.on, source)
+    assert kept
+    assert prune([corpus], store).sources == []
+    assert ids(store.on, source) == ids(store.off, source) == kept
+    hidden.unlink()
+    assert prune([corpus], store).sources == [source]
+    assert not ids(store.on, source) and not ids(store.off, source)
+
+
+def test_a_linked_file_is_recorded_and_pruned_under_the_folders_path(
+    tmp_path: Path, corpus: Path, encoder: TPEncoder
+) -> None:
+    """A link inside the folder to a file outside it is recorded under the link's path in the
+    folder (not its target's), and `prune` removes its chunks when the link goes, while the
+    target stays."""
+    from tp_rag.ingest import prune
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "target.txt"
+    target.write_text("Linked in from elsewhere: a note about lighthouses and their keepers.")
+    link = corpus / "linked.txt"
+    link.symlink_to(target)
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    ingest([corpus], store, **CHUNKING)
+    source = str(corpus.resolve() / "linked.txt")
+    assert ids(store.on, source) and not ids(store.on, str(target.resolve()))
+    link.unlink()
+    assert prune([corpus], store).sources == [source]
+    assert not ids(store.on, source) and not ids(store.off, source)
+    assert target.exists()

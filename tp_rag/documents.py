@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import os
 import re
 import stat
 from collections.abc import Iterable
@@ -67,28 +68,32 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str,
 
     Returns ``(files, skipped)``; ``skipped`` holds ``(path, reason)`` for paths that do not
     exist and for files named explicitly whose type is not one of ``SUFFIXES``. Inside folders,
-    other file types and hidden files are passed over silently.
+    other file types and hidden files and folders are passed over silently.
+
+    Each file is named by the path the user's folder gives it: the folder's absolute path (its
+    own links resolved) joined with the names inside it, never the target of a link found
+    inside it. A link to a file, wherever the file lives, is read as a file of the folder under
+    the link's name (the name the user sees, and the one that disappears when the link does, so
+    ``prune`` sees it go); links to folders are not followed (they could loop). The walk uses
+    its own stack, so folder depth is limited only by the file system.
     """
     files: list[Path] = []
     skipped: list[tuple[str, str]] = []
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        resolved = path.resolve()
-        if resolved not in seen:
-            seen.add(resolved)
-            files.append(resolved)
+        if path not in seen:
+            seen.add(path)
+            files.append(path)
 
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-                if child.is_file() and not hidden and child.suffix.lower() in SUFFIXES:
-                    add(child)
+            for child in _walk(path.resolve()):
+                add(child)
         elif path.is_file():
             if path.suffix.lower() in SUFFIXES:
-                add(path)
+                add(path.absolute().parent.resolve() / path.name)
             else:
                 skipped.append(
                     (str(path), f"unsupported file type; tp-rag reads {', '.join(SUFFIXES)}")
@@ -96,6 +101,27 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str,
         else:
             skipped.append((str(path), _not_a_file(path)))
     return files, skipped
+
+
+def _walk(root: Path) -> list[Path]:
+    """The supported, visible files under ``root`` (links to files included, links to folders
+    not followed), sorted; iterative, so any depth works."""
+    found: list[Path] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # unreadable or vanished meanwhile: nothing of it can be read
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(folder / entry.name)
+            elif entry.is_file() and Path(entry.name).suffix.lower() in SUFFIXES:
+                found.append(folder / entry.name)
+    return sorted(found)
 
 
 def _not_a_file(path: Path) -> str:

@@ -327,11 +327,13 @@ def prune_scope(paths: Iterable[str | Path]) -> tuple[list[Path], set[str]]:
 def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False) -> PruneSummary:
     """Make ``store`` mirror ``paths``: remove the chunks of files that are no longer there.
 
-    A source is pruned when it is recorded as a path equal to or under one of ``paths`` and is
-    not among the files ``tp_rag.documents.find_files`` finds there now (deleted, moved or
-    renamed), from both collections. Sources recorded under other names (the demo's
-    ``sample/NAME`` and upload names) are never pruned. Against a typo, every path must exist
-    and hold at least one file tp-rag reads, else ``ValueError`` and nothing is removed.
+    A source is pruned when it is recorded as a path equal to or under one of ``paths`` and
+    no file is there any more (deleted, moved or renamed; a link whose target went), from both
+    collections. A file that is there is never pruned, whether or not a folder walk lists it
+    (such as a hidden file named on an earlier command line). Sources recorded under other
+    names (the demo's ``sample/NAME`` and upload names) are never pruned. Against a typo,
+    every path must exist and hold at least one file tp-rag reads, else ``ValueError`` and
+    nothing is removed.
     ``dry_run=True`` only says what would be removed.
 
     >>> print(prune(["notes/"], store, dry_run=True))  # doctest: +SKIP
@@ -351,7 +353,7 @@ def prune(paths: Iterable[str | Path], store: TPStore, *, dry_run: bool = False)
         gone = {
             source: ids
             for source, ids in store.chunks_by_source().items()
-            if under_roots(source) and source not in found
+            if under_roots(source) and source not in found and not Path(source).is_file()
         }
         summary = PruneSummary(
             sources=sorted(gone), chunks=sum(map(len, gone.values())), dry_run=dry_run
