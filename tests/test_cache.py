@@ -18,7 +18,13 @@ import pytest
 from synthetic import write_beir, write_stsb
 
 from tp_rag import TPEncoder
-from tp_rag.cache import EmbedCounts, EmbeddingCache, cached_embed, default_cache_dir
+from tp_rag.cache import (
+    EmbedCounts,
+    EmbeddingCache,
+    cached_embed,
+    default_cache_dir,
+    text_key,
+)
 from tp_rag.cli import main
 from tp_rag.datasets import read_beir, read_sts
 from tp_rag.evaluation import evaluate_retrieval, evaluate_sts, tp_systems
@@ -88,7 +94,116 @@ def test_half_written_and_damaged_shards_are_never_read(
     with caplog.at_level(logging.WARNING, logger="tp_rag.cache"):
         found, vectors = EmbeddingCache(tmp_path).get(fingerprint, ["good", "bad"])
     assert found.tolist() == [True, False] and vectors[0].tolist() == [1, 1, 1, 1]
-    assert "unreadable cache shard" in caplog.text
+    assert "skipping cache shard" in caplog.text
+
+
+def _bad_vectors(kind: str, rows: int, width: int) -> np.ndarray:
+    if kind == "wrong-width":
+        return np.ones((rows, width + 3), np.float32)
+    if kind == "nan":
+        vectors = np.ones((rows, width), np.float32)
+        vectors[0, 1] = np.nan
+        return vectors
+    if kind == "rank-1":
+        return np.ones(rows, np.float32)
+    if kind == "rank-3":
+        return np.ones((rows, width, 2), np.float32)
+    assert kind == "float64"
+    return np.ones((rows, width), np.float64)
+
+
+@pytest.mark.parametrize("kind", ["wrong-width", "nan", "rank-1", "rank-3", "float64"])
+def test_bad_shards_are_skipped_with_a_warning_and_re_embedded(
+    encoder: TPEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A shard in an encoder's cache folder whose vectors are not a finite float32 matrix of
+    the encoder's width (another width, a NaN, another rank or dtype) is not used: a warning
+    names it, its texts are embedded again, and the evaluation reports the figures it reports
+    without any cache."""
+    task = read_sts(write_stsb(tmp_path / "sts.csv", pairs=12))
+    expected = evaluate_sts(tp_systems(encoder), [task])
+    texts = sorted({*task.pooled().sentences1, *task.pooled().sentences2})
+    for tp in (True, False):
+        folder = tmp_path / "c" / encoder.config.replace(tp=tp).fingerprint()
+        folder.mkdir(parents=True)
+        keys = np.array([text_key(t) for t in texts[:5]], dtype="S64")
+        np.savez(folder / "bad.npz", keys=keys, vectors=_bad_vectors(kind, 5, encoder.dimension))
+    with caplog.at_level(logging.WARNING, logger="tp_rag.cache"):
+        got = evaluate_sts(tp_systems(encoder, cache=EmbeddingCache(tmp_path / "c")), [task])
+    assert got["tasks"] == expected["tasks"]
+    assert caplog.text.count("skipping cache shard") == 2  # once per folder (TP on, TP off)
+
+
+def test_cached_embed_checks_the_requested_width(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the width given, a shard of another width is skipped even when it is the only one
+    (nothing else would tell it is wrong) and the texts are embedded again; the good shards of
+    the same folder still serve."""
+    cache, fingerprint = EmbeddingCache(tmp_path), "ab" * 8
+    cache.put(fingerprint, ["narrow"], np.ones((1, 3), np.float32))
+    cache.put(fingerprint, ["right"], np.full((1, 4), 2.0, np.float32))
+    embedded: list[str] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return np.full((len(texts), 4), 7.0, np.float32)
+
+    with caplog.at_level(logging.WARNING, logger="tp_rag.cache"):
+        vectors = cached_embed(embed, fingerprint, cache=cache, width=4)(["narrow", "right"])
+    assert embedded == ["narrow"]
+    assert vectors.tolist() == [[7.0] * 4, [2.0] * 4]
+    assert "3 wide, requested 4" in caplog.text
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    import errno
+    import os
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+
+
+def _file_in_the_way(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    cache_dir.write_text("not a folder")
+
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    import os
+
+    cache_dir.mkdir()
+    cache_dir.chmod(0o555)
+    if os.access(cache_dir, os.W_OK):  # root writes anyway
+        pytest.skip("this user can write into a read-only folder (root)")
+
+
+@pytest.mark.parametrize(
+    "make_unwritable", [_disk_full, _file_in_the_way, _read_only], ids=lambda f: f.__name__[1:]
+)
+def test_an_unwritable_cache_warns_once_and_eval_goes_on(
+    tiny_llama: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    make_unwritable: Any,
+) -> None:
+    """`eval` with a cache it cannot write (disk full, a file where the folder should be, a
+    read-only folder) finishes with the figures of a run without cache, after one warning."""
+    data = write_stsb(tmp_path / "sts.csv", pairs=20)
+    args = ["eval", "sts", "--data", str(data), "--model", str(tiny_llama), "--device", "cpu"]
+    args += ["--dtype", "float32"]
+    plain = tmp_path / "plain.json"
+    assert main([*args, "--no-cache", "--json", str(plain)]) == 0
+    cache_dir = tmp_path / "cache"
+    make_unwritable(monkeypatch, cache_dir)
+    out = tmp_path / "cached.json"
+    with caplog.at_level(logging.WARNING, logger="tp_rag.cache"):
+        assert main([*args, "--cache-dir", str(cache_dir), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["tasks"] == json.loads(plain.read_text())["tasks"]
+    assert caplog.text.count("cannot be written") == 1
+    assert "continuing without caching" in caplog.text
 
 
 def test_default_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

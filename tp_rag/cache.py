@@ -10,8 +10,10 @@ embedded to the cache slice by slice, so an interrupted evaluation keeps what it
 Layout: ``<directory>/<fingerprint>/<shard>.npz``, each shard holding ``keys`` (SHA-256 hex digests)
 and ``vectors`` (float32) of one written slice. A shard is written to a temporary name, flushed
 to disk and renamed into place, so a crash never leaves a half-written shard under a name that
-is read back; a shard that cannot be read is skipped with a warning (its texts are embedded
-again). Several processes may share a directory: each writes its own shards.
+is read back; a shard that cannot be read, or whose vectors are not a finite float32 matrix of
+the requested width, is skipped with a warning (its texts are embedded again). A cache that
+cannot be written (a read-only folder, a full disk, a file in the way) is warned about once and
+then only read. Several processes may share a directory: each writes its own shards.
 
 >>> cache = EmbeddingCache(default_cache_dir())  # doctest: +SKIP
 >>> embed = cached_embed(enc.encode, enc.config.fingerprint(), cache=cache)  # doctest: +SKIP
@@ -21,6 +23,7 @@ again). Several processes may share a directory: each writes its own shards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -61,10 +64,11 @@ def text_key(text: str) -> bytes:
 
 class VectorSource(Protocol):
     """Somewhere vectors of an embedding space may already be: ``get`` gives a found mask and
-    the vectors (rows of ``found`` only are meaningful), or ``None`` when it has nothing."""
+    the vectors (rows of ``found`` only are meaningful), or ``None`` when it has nothing (or
+    nothing of ``width``, when given)."""
 
     def get(
-        self, fingerprint: str, texts: Sequence[str]
+        self, fingerprint: str, texts: Sequence[str], width: int | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None: ...
 
 
@@ -80,6 +84,11 @@ class EmbeddingCache:
         self.directory = Path(directory).expanduser()
         # fingerprint -> (shards already read, key -> (shard path, row))
         self._index: dict[str, tuple[set[str], dict[bytes, tuple[Path, int]]]] = {}
+        self._widths: dict[Path, int] = {}  # the vector width of each shard read
+        self._rejected: set[Path] = set()  # shards found wrong once (warned about once)
+        self.write_error: str | None = None
+        """Why the cache could not be written, after the first failure (later writes are
+        skipped); ``None`` while writing works."""
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.directory)!r})"
@@ -102,15 +111,23 @@ class EmbeddingCache:
             try:
                 with np.load(path, allow_pickle=False) as shard:
                     shard_keys = shard["keys"]
-                    rows = shard["vectors"].shape[0]
-                if shard_keys.shape != (rows,):
-                    raise ValueError(f"{len(shard_keys)} keys for {rows} vectors")
+                    vectors = _checked(shard["vectors"])
+                if shard_keys.shape != (len(vectors),):
+                    raise ValueError(f"{shard_keys.size} keys for {len(vectors)} vectors")
             except Exception as error:  # a damaged shard costs a re-embedding, not the run
-                logger.warning("skipping unreadable cache shard %s: %s", path, error)
+                self._reject(path, error)
                 continue
+            self._widths[path] = vectors.shape[1]
             for row, key in enumerate(shard_keys.tolist()):
                 keys.setdefault(key, (path, row))
         return keys
+
+    def _reject(self, path: Path, error: Exception | str) -> None:
+        if path not in self._rejected:
+            self._rejected.add(path)
+            logger.warning(
+                "skipping cache shard %s (its texts are embedded again): %s", path, error
+            )
 
     def __len__(self) -> int:
         """Number of cached vectors over all fingerprints."""
@@ -122,53 +139,89 @@ class EmbeddingCache:
             if folder.is_dir() and _FINGERPRINT.match(folder.name)
         )
 
-    def get(self, fingerprint: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(
+        self, fingerprint: str, texts: Sequence[str], width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(found, vectors)`` for ``texts``: ``found[i]`` says whether ``vectors[i]`` is
-        cached (other rows are zero); ``None`` when none of them is."""
+        cached (other rows are zero); ``None`` when none of them is.
+
+        Only finite float32 vectors of ``width`` (when given; else of the first shard's width)
+        are used; a shard that differs is skipped with a warning."""
         keys = self._refresh(fingerprint)
         where = [keys.get(text_key(text)) for text in texts]
-        if not any(where):
-            return None
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for i, place in enumerate(where):
-            if place is not None:
+            if place is not None and place[0] not in self._rejected:
                 by_shard.setdefault(place[0], []).append((i, place[1]))
         found = np.zeros(len(texts), dtype=bool)
         vectors: np.ndarray | None = None
         for path, pairs in by_shard.items():
+            if width is None:
+                width = self._widths[path]
             try:
+                if self._widths[path] != width:
+                    raise ValueError(f"vectors {self._widths[path]} wide, requested {width}")
                 with np.load(path, allow_pickle=False) as shard:
-                    stored = shard["vectors"]
-            except Exception as error:
-                logger.warning("skipping unreadable cache shard %s: %s", path, error)
+                    stored = _checked(shard["vectors"], width)
+                rows, shard_rows = zip(*pairs, strict=True)
+                picked = stored[list(shard_rows)]
+            except Exception as error:  # of another width, or changed since it was indexed
+                self._reject(path, error)
+                for key in [key for key, place in keys.items() if place[0] == path]:
+                    del keys[key]  # a later shard may hold these texts right
                 continue
             if vectors is None:
-                vectors = np.zeros((len(texts), stored.shape[1]), dtype=np.float32)
-            rows, shard_rows = zip(*pairs, strict=True)
-            vectors[list(rows)] = stored[list(shard_rows)]
+                vectors = np.zeros((len(texts), width), dtype=np.float32)
+            vectors[list(rows)] = picked
             found[list(rows)] = True
         return None if vectors is None else (found, vectors)
 
     def put(self, fingerprint: str, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Store one slice of vectors as a new shard (atomically: all of it or nothing)."""
+        """Store one slice of vectors as a new shard (atomically: all of it or nothing).
+
+        When the cache cannot be written (read-only, disk full, a file where a folder should
+        be), a warning says so once, ``write_error`` records why, and this and later writes
+        store nothing: a cache saves work, it never stops it."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(texts):
             raise ValueError(f"{len(texts)} texts but vectors of shape {vectors.shape}")
-        if not len(texts):
-            return
         folder = self._folder(fingerprint)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not len(texts) or self.write_error is not None:
+            return
         name = f"{uuid.uuid4().hex}.npz"
         temporary = folder / f".{name}.tmp"
         keys = np.array([text_key(text) for text in texts], dtype="S64")
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             with temporary.open("wb") as handle:
                 np.savez(handle, keys=keys, vectors=vectors)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, folder / name)
+        except OSError as error:
+            self.write_error = f"{type(error).__name__}: {error}"
+            logger.warning(
+                "the vector cache %s cannot be written (%s); continuing without caching",
+                self.directory,
+                self.write_error,
+            )
         finally:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # no folder to write in: nothing was left
+                temporary.unlink(missing_ok=True)
+
+
+def _checked(vectors: np.ndarray, width: int | None = None) -> np.ndarray:
+    """``vectors`` if they are a finite float32 matrix (of ``width`` columns, when given);
+    else ``ValueError`` saying what is wrong."""
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors of rank {vectors.ndim}, not a matrix")
+    if vectors.dtype != np.float32:
+        raise ValueError(f"vectors of dtype {vectors.dtype}, not float32")
+    if width is not None and vectors.shape[1] != width:
+        raise ValueError(f"vectors {vectors.shape[1]} wide, requested {width}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors with NaN or infinite values")
+    return vectors
 
 
 class StoreVectors:
@@ -198,7 +251,9 @@ class StoreVectors:
             self._indexes[tp] = index
         return self._indexes[tp]
 
-    def get(self, fingerprint: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(
+        self, fingerprint: str, texts: Sequence[str], width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         side = next(
             (
                 (tp, collection)
@@ -216,6 +271,8 @@ class StoreVectors:
         if not ids:
             return None
         got = collection.get(ids=list(ids), include=["embeddings"])
+        if width is not None and len(got["embeddings"][0]) != width:
+            return None
         found = np.zeros(len(texts), dtype=bool)
         vectors = np.zeros((len(texts), len(got["embeddings"][0])), dtype=np.float32)
         for chunk_id, vector in zip(got["ids"], got["embeddings"], strict=True):
@@ -245,13 +302,18 @@ def cached_embed(
     sources: Sequence[VectorSource] = (),
     step: int = WRITE_STEP,
     counts: EmbedCounts | None = None,
+    width: int | Callable[[], int] | None = None,
 ) -> Callable[[Sequence[str]], np.ndarray]:
     """``embed`` that first looks texts up in ``sources`` and ``cache`` (in that order), embeds
     only the missing ones (each distinct text once), ``step`` texts at a time, and writes each
     step to ``cache`` as soon as it is done.
 
     ``fingerprint`` must identify the space ``embed`` maps into (for a ``TPEncoder``,
-    ``encoder.config.replace(tp=...).fingerprint()``); ``counts`` (optional) is updated.
+    ``encoder.config.replace(tp=...).fingerprint()``); ``width`` is the width of ``embed``'s
+    vectors, or a function giving it, called once vectors are found (``lambda:
+    encoder.dimension``): found vectors of another width are not used (without it, the first
+    vectors found set it). Found vectors that are not finite are embedded again.
+    ``counts`` (optional) is updated.
     """
     lookups: list[VectorSource] = [*sources, *([cache] if cache is not None else [])]
 
@@ -263,16 +325,28 @@ def cached_embed(
         distinct = list(unique)
         found = np.zeros(len(distinct), dtype=bool)
         vectors: np.ndarray | None = None
+        wide = width if isinstance(width, int) or width is None else None
         for source in lookups:
             if found.all():
                 break
             missing = np.flatnonzero(~found)
-            result = source.get(fingerprint, [distinct[i] for i in missing])
+            wanted = [distinct[i] for i in missing]
+            result = source.get(fingerprint, wanted, wide)
+            if result is not None and wide is None and callable(width):
+                wide = width()  # only now: it may cost a forward pass
+                if np.ndim(result[1]) != 2 or np.shape(result[1])[1] != wide:
+                    result = source.get(fingerprint, wanted, wide)  # what it has of that width
             if result is None:
                 continue
             hit, got = result
+            got = np.asarray(got, dtype=np.float32)
+            if got.ndim != 2 or (wide is not None and got.shape[1] != wide):
+                logger.warning("ignoring vectors of shape %s from %r", got.shape, source)
+                continue
+            hit = hit & np.isfinite(got).all(axis=1)
+            wide = got.shape[1]
             if vectors is None:
-                vectors = np.zeros((len(distinct), got.shape[1]), dtype=np.float32)
+                vectors = np.zeros((len(distinct), wide), dtype=np.float32)
             vectors[missing[hit]] = got[hit]
             found[missing[hit]] = True
         missing = np.flatnonzero(~found)

@@ -104,6 +104,7 @@ def tp_systems(
             cache=cache,
             sources=[StoreVectors(store)] if store is not None else [],
             counts=None if counts is None else counts[tp],
+            width=lambda: encoder.dimension,  # a forward pass, once, only if vectors are found
         )
 
     on, off = encoder.config.replace(tp=True), encoder.config.replace(tp=False)
