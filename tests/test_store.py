@@ -113,6 +113,21 @@ def test_other_encoder_settings_are_refused_naming_both(tmp_path: Path, encoder:
     assert TPStore(client, "docs", encoder).count() == (4, 4)
 
 
+def test_a_store_of_the_previous_method_version_is_refused(
+    tmp_path: Path, encoder: TPEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vectors written under method tp-rag/2 (whose digest missed the model config) are not
+    mixed with today's: the store is refused, saying to use another collection name."""
+    import tp_rag.config
+
+    client = connect(tmp_path / "db")
+    with monkeypatch.context() as old:
+        old.setattr(tp_rag.config, "_METHOD_VERSION", "tp-rag/2")
+        write(TPStore(client, "docs", encoder), "s", TEXTS)
+    with pytest.raises(ConfigMismatchError, match="another collection name"):
+        TPStore(client, "docs", encoder)
+
+
 def test_runtime_settings_do_not_split_the_space(tmp_path: Path, encoder: TPEncoder) -> None:
     """batch_size (like device and dtype) does not change the vectors, so it is accepted."""
     client = connect(tmp_path / "db")
