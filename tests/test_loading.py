@@ -359,7 +359,8 @@ def test_checkpoints_without_safetensors_are_digested_as_loaded(
 
 def test_sharded_safetensors_digest_every_shard(tiny_llama: Path, tmp_path: Path) -> None:
     """A checkpoint split into shards (model.safetensors.index.json) is digested from all its
-    shards: a change in the second shard gives another fingerprint."""
+    shards: the same tensors sharded are the same space, a change in the second shard is
+    another."""
     import json
     import shutil
 
@@ -388,7 +389,8 @@ def test_sharded_safetensors_digest_every_shard(tiny_llama: Path, tmp_path: Path
     same, changed = shard(tmp_path / "same", 1.0), shard(tmp_path / "changed", 1.5)
     files = loading.checkpoint_files(str(same), loading.load_config(str(same)))
     assert files is not None and len(files) == 2
-    fingerprints = {
-        TPEncoder.from_pretrained(p, dtype="float32").config.fingerprint() for p in (same, changed)
-    }
-    assert len(fingerprints) == 2
+    base, sharded, other = (
+        TPEncoder.from_pretrained(p, dtype="float32").config.fingerprint()
+        for p in (tiny_llama, same, changed)
+    )
+    assert sharded == base and other != base
