@@ -428,10 +428,15 @@ def test_stored_options_on_the_allowlist_need_no_opt_in(
 
 
 def test_the_reader_opts_in_by_passing_trust_remote_code(
-    remote_code_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    remote_code_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """``TPStore.open(..., trust_remote_code=True)`` is the reader's opt-in: a store written
-    with remote code opens, and without it the same call is refused before anything runs."""
+    """``TPStore.open(..., trust_remote_code=True)`` (``--trust-remote-code``) is the reader's
+    opt-in: a store written with remote code opens, and without it the same call is refused
+    before anything runs."""
+    from tp_rag.cli import main
     from tp_rag.store import TPStore, connect
 
     monkeypatch.delenv("TP_RAG_TRUST_REMOTE_CODE", raising=False)
@@ -450,6 +455,10 @@ def test_the_reader_opts_in_by_passing_trust_remote_code(
     with pytest.raises(PermissionError, match="trust_remote_code=True when you open the store"):
         TPStore.open(connect(db), "remote", create=False)
     assert not (tmp_path / "ran").exists()
+    query = ["query", "Who plays music?", "--collection", "remote", "--db", str(db)]
+    assert main(query) == 2
+    assert "TP_RAG_TRUST_REMOTE_CODE=1" in capsys.readouterr().err
+    assert main([*query, "--trust-remote-code"]) == 0
     store = TPStore.open(connect(db), "remote", create=False, trust_remote_code=True)
     assert store.encoder.load_kwargs["trust_remote_code"] is True
     assert type(store.encoder._loaded.model).__name__ == "RemoteModel"  # the folder's own code
