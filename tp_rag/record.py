@@ -49,6 +49,11 @@ SAFE_MODEL_KWARGS: dict[str, tuple[Any, ...]] = {
 """The ``model_kwargs`` a stored record may use without the reader's opt-in, each with its
 allowed values."""
 
+_SAFE_DESCRIPTION = "revision (a string), trust_remote_code=False and model_kwargs " + ", ".join(
+    f"{key} in ({', '.join(repr(value) for value in values)})"
+    for key, values in SAFE_MODEL_KWARGS.items()
+)
+
 LOADING_KEYS = ("revision", "trust_remote_code", "model_kwargs")
 """The record's loading options (``TPEncoder.from_pretrained`` keywords)."""
 
@@ -170,7 +175,7 @@ def open_encoder(
     unsafe = _unsafe_options(stored)
     if unsafe and not opted_in:
         raise PermissionError(
-            f"{_where(collection)}'s record loads model {record['model']!r} with "
+            f"the record of {_where(collection)} loads model {record['model']!r} with "
             f"{', '.join(unsafe)}; from a stored collection tp-rag accepts only "
             f"{_SAFE_DESCRIPTION}, because other loading options can run the model's own Python "
             "code or fetch code and files from elsewhere. If you trust this model, opt in: set "
@@ -213,12 +218,6 @@ def describe_settings(settings: Mapping[str, Any]) -> str:
     """One line naming the model and the settings that define an embedding space."""
     keys = ("model", *TPConfig.space_fields())
     return ", ".join(f"{key}={settings.get(key)!r}" for key in keys if key in settings)
-
-
-_SAFE_DESCRIPTION = "revision (a string), trust_remote_code=False and model_kwargs " + ", ".join(
-    f"{key} in ({', '.join(repr(value) for value in values)})"
-    for key, values in SAFE_MODEL_KWARGS.items()
-)
 
 
 def _unsafe_options(stored: Mapping[str, Any]) -> list[str]:
