@@ -23,6 +23,23 @@ def _private_vector_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TP_RAG_CACHE_DIR", str(tmp_path / "vector-cache"))
 
 
+@pytest.fixture
+def weight_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The models whose weights are read during the test, one entry per read: every call of
+    transformers' ``AutoModel.from_pretrained``, through which tp-rag reads any model."""
+    from transformers import AutoModel
+
+    reads: list[str] = []
+    original = AutoModel.from_pretrained.__func__
+
+    def counted(cls: type, name_or_path: object, *args: object, **kwargs: object) -> object:
+        reads.append(str(name_or_path))
+        return original(cls, name_or_path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(counted))
+    return reads
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Architecture name -> directory of a tiny random model saved with ``save_pretrained``."""

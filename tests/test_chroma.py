@@ -14,7 +14,7 @@ import pytest
 
 chromadb = pytest.importorskip("chromadb")
 
-from tp_rag import TPEncoder, loading  # noqa: E402
+from tp_rag import TPEncoder  # noqa: E402
 from tp_rag.chroma import TPEmbeddingFunction  # noqa: E402
 from tp_rag.testing import save_tiny_model  # noqa: E402
 
@@ -102,12 +102,14 @@ def test_tp_setting_reaches_the_encoder(tiny_llama: Path) -> None:
     assert not np.allclose(np.stack(off(texts)), np.stack(on(texts)), atol=1e-4)
 
 
-def test_from_encoder_shares_the_encoder_and_overrides_tp(tiny_llama: Path) -> None:
+def test_from_encoder_shares_the_encoder_and_overrides_tp(
+    tiny_llama: Path, weight_reads: list[str]
+) -> None:
     """``from_encoder`` wraps an existing encoder without loading anything; ``tp`` overrides."""
     encoder = TPEncoder.from_pretrained(tiny_llama)
-    before = loading.load_count
+    before = len(weight_reads)
     ef = TPEmbeddingFunction.from_encoder(encoder, tp=False)
-    assert ef.encoder is encoder and loading.load_count == before
+    assert ef.encoder is encoder and len(weight_reads) == before
     texts = list(DOCS.values())
     np.testing.assert_allclose(np.stack(ef(texts)), encoder.encode(texts, tp=False), atol=1e-6)
     assert ef.get_config()["tp"] is False
@@ -180,13 +182,15 @@ def test_unstorable_model_kwargs_are_reported(tiny_llama: Path, tmp_path: Path) 
         ef.get_config()
 
 
-def test_functions_with_different_tp_load_the_weights_once(tmp_path: Path) -> None:
+def test_functions_with_different_tp_load_the_weights_once(
+    tmp_path: Path, weight_reads: list[str]
+) -> None:
     """TP on and TP off over the same model, device and dtype share one loaded model."""
     path = save_tiny_model(tmp_path / "fresh", "qwen2")  # not loaded by any other test
-    before = loading.load_count
+    before = len(weight_reads)
     on = TPEmbeddingFunction(str(path), tp=True)
     off = TPEmbeddingFunction(str(path), tp=False)
-    assert loading.load_count == before + 1
+    assert len(weight_reads) == before + 1
     assert on.fingerprint() != off.fingerprint()
 
 
@@ -213,7 +217,14 @@ def test_persisted_collection_is_rebuilt_in_a_new_process(tiny_llama: Path, tmp_
         import json, sys
         import chromadb
         import tp_rag.chroma  # registers "tp_rag" with Chroma
-        from tp_rag import loading
+        from transformers import AutoModel
+
+        reads = []  # every read of a model's weights
+        original = AutoModel.from_pretrained.__func__
+        def counted(cls, *args, **kwargs):
+            reads.append(args[0])
+            return original(cls, *args, **kwargs)
+        AutoModel.from_pretrained = classmethod(counted)
 
         collection = chromadb.PersistentClient(sys.argv[1]).get_collection("docs")
         stored = collection.get(ids=["onion"], include=["embeddings"])["embeddings"][0]
@@ -227,7 +238,7 @@ def test_persisted_collection_is_rebuilt_in_a_new_process(tiny_llama: Path, tmp_
             "document": [float(x) for x in function([sys.argv[3]])[0]],
             "query": [float(x) for x in function.embed_query([sys.argv[2]])[0]],
             "hits": hits["ids"],
-            "loads": loading.load_count,
+            "loads": len(reads),
         }))
         """
     result = _run_python(code, str(db), "Who is slicing vegetables?", DOCS["onion"])
@@ -258,17 +269,22 @@ def test_from_encoder_keeps_how_the_model_was_loaded(tiny_llama: Path) -> None:
     assert rebuilt.encoder.load_kwargs["revision"] == "main"
 
 
-def test_configs_stored_by_tp_rag_0_1_still_rebuild(tiny_llama: Path) -> None:
-    """tp-rag 0.1 stored the loading options nested in ``model_kwargs``; such a collection
-    still opens, with the same loading options and the same vectors."""
+def test_records_of_an_earlier_tp_rag_are_refused_with_the_re_ingest_advice(
+    tiny_llama: Path,
+) -> None:
+    """Records laid out as a never-released tp-rag wrote them (loading options nested in
+    ``model_kwargs``, no format or method version), or of another method version, are not
+    migrated: the rebuild refuses them and says how to re-ingest."""
     encoder = TPEncoder.from_pretrained(tiny_llama, revision="main")
     current = TPEmbeddingFunction.from_encoder(encoder).get_config()
-    old = {k: v for k, v in current.items() if k not in ("revision", "trust_remote_code")}
-    old["model_kwargs"] = {"revision": "main", "trust_remote_code": False}
-    rebuilt = TPEmbeddingFunction.build_from_config(old)
-    assert rebuilt.encoder.load_kwargs["revision"] == "main"
-    assert rebuilt.encoder.load_kwargs["model_kwargs"] == {}
-    assert rebuilt.fingerprint() == current["fingerprint"]
+    nested = {k: v for k, v in current.items() if k not in ("revision", "trust_remote_code")}
+    nested = {k: v for k, v in nested.items() if k not in ("format", "method")}
+    nested["model_kwargs"] = {"revision": "main", "trust_remote_code": False}
+    other_method = {**current, "method": "tp-rag/0"}
+    for old in (nested, other_method):
+        with pytest.raises(ValueError, match=r"Re-ingest the documents.*--collection") as info:
+            TPEmbeddingFunction.build_from_config(old)
+        assert not isinstance(info.value, PermissionError)
 
 
 def test_loading_options_inside_model_kwargs_are_refused(tiny_llama: Path) -> None:
@@ -371,6 +387,10 @@ def test_a_stored_collection_cannot_switch_on_remote_code(
         {"model_kwargs": {"code_revision": "x", "trust_remote_code": False}},
         {"model_kwargs": {"weights_only": False}},  # pickled weights run code when unpickled
         {"model_kwargs": {"use_kernels": True}},
+        # a hub kernel named as the attention implementation: fetches and runs its code
+        {"model_kwargs": {"attn_implementation": "kernels-community/flash-attn2"}},
+        {"model_kwargs": {"a_future_option": 1}},  # unknown: not on the allowlist
+        {"revision": {"not": "a string"}},
     ],
 )
 def test_stored_options_that_run_code_need_the_readers_opt_in(
@@ -380,14 +400,68 @@ def test_stored_options_that_run_code_need_the_readers_opt_in(
     monkeypatch: pytest.MonkeyPatch,
     stored: dict,
 ) -> None:
-    """Every stored way to enable code (either config layout, any model_kwargs that runs or
-    fetches code) is refused before anything is loaded, unless the reader opted in."""
+    """Every stored way to enable code (any model_kwargs that runs or fetches code, any the
+    allowlist does not know) is refused before anything is loaded, unless the reader opted in."""
     monkeypatch.delenv("TP_RAG_TRUST_REMOTE_CODE", raising=False)
     config = {**TPEmbeddingFunction(str(tiny_llama)).get_config(), **stored}
     config["model"] = str(remote_code_model)
     with pytest.raises(PermissionError, match="TP_RAG_TRUST_REMOTE_CODE=1"):
         TPEmbeddingFunction.build_from_config(config)
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    "model_kwargs",
+    [{"attn_implementation": "eager"}, {"attn_implementation": "sdpa", "use_safetensors": True}],
+)
+def test_stored_options_on_the_allowlist_need_no_opt_in(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, model_kwargs: dict
+) -> None:
+    """The allowlisted loading options (built-in attention, safetensors) rebuild without the
+    reader's opt-in, and reach the model."""
+    monkeypatch.delenv("TP_RAG_TRUST_REMOTE_CODE", raising=False)
+    config = TPEmbeddingFunction(str(tiny_llama), model_kwargs=model_kwargs).get_config()
+    rebuilt = TPEmbeddingFunction.build_from_config(json.loads(json.dumps(config)))
+    assert rebuilt.encoder.load_kwargs["model_kwargs"] == model_kwargs
+    model = rebuilt.encoder._loaded.model
+    assert model.config._attn_implementation == model_kwargs["attn_implementation"]
+
+
+def test_the_reader_opts_in_by_passing_trust_remote_code(
+    remote_code_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``TPStore.open(..., trust_remote_code=True)`` (``--trust-remote-code``) is the reader's
+    opt-in: a store written with remote code opens, and without it the same call is refused
+    before anything runs."""
+    from tp_rag.cli import main
+    from tp_rag.store import TPStore, connect
+
+    monkeypatch.delenv("TP_RAG_TRUST_REMOTE_CODE", raising=False)
+    db = tmp_path / "db"
+    code = """
+        import sys
+        from tp_rag import TPEncoder
+        from tp_rag.store import TPStore, connect
+
+        encoder = TPEncoder.from_pretrained(sys.argv[2], trust_remote_code=True)
+        TPStore(connect(sys.argv[1]), "remote", encoder)
+        """
+    written = _run_python(code, str(db), str(remote_code_model))
+    assert written.returncode == 0, written.stderr
+    (tmp_path / "ran").unlink()
+    with pytest.raises(PermissionError, match="trust_remote_code=True when you open the store"):
+        TPStore.open(connect(db), "remote", create=False)
+    assert not (tmp_path / "ran").exists()
+    query = ["query", "Who plays music?", "--collection", "remote", "--db", str(db)]
+    assert main(query) == 2
+    assert "TP_RAG_TRUST_REMOTE_CODE=1" in capsys.readouterr().err
+    assert main([*query, "--trust-remote-code"]) == 0
+    store = TPStore.open(connect(db), "remote", create=False, trust_remote_code=True)
+    assert store.encoder.load_kwargs["trust_remote_code"] is True
+    assert type(store.encoder._loaded.model).__name__ == "RemoteModel"  # the folder's own code
 
 
 def test_a_preset_file_cannot_carry_loading_options(tiny_llama: Path, tmp_path: Path) -> None:

@@ -106,14 +106,3 @@ def test_max_batch_tokens_is_a_runtime_setting() -> None:
     with pytest.raises(ValueError, match="positive integer"):
         TPConfig(max_batch_tokens=0)
     assert TPConfig.pick({"max_batch_tokens": 1024}) == {"max_batch_tokens": 1024}
-
-
-def test_stores_of_the_old_digest_are_told_to_re_ingest() -> None:
-    """Settings recorded with a tp-rag/1 digest (16 hex characters) get re-ingest advice;
-    current ones do not."""
-    from tp_rag.config import outdated_space_advice
-
-    advice = outdated_space_advice({"model_digest": "0123456789abcdef"}, "docs")
-    assert "Re-ingest" in advice and "--collection" in advice and "'docs'" in advice
-    assert outdated_space_advice({"model_digest": "0" * 32}, "docs") == ""
-    assert outdated_space_advice({}, "docs") == ""

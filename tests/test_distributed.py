@@ -20,6 +20,7 @@ from corpus import CHUNKING, expected_ids, ids, write_corpus
 from tp_rag import TPEncoder
 from tp_rag.cli import main
 from tp_rag.ingest import ingest
+from tp_rag.record import encoder_record
 from tp_rag.store import ConfigMismatchError, TPStore, connect
 
 ray = pytest.importorskip("ray", reason='needs Ray Data: pip install "tp-rag[ray]"')
@@ -282,9 +283,9 @@ def test_a_mismatching_configuration_is_refused(
     assert encoder.config.replace(tp_stop=3).fingerprint() in error
     assert store.count() == (0, 0)
 
-    settings = {"device": "cpu", "tp_stop": 2}
+    record = {**encoder_record(encoder), "fingerprint": "0" * 16}  # another node's weights
     with pytest.raises(ConfigMismatchError, match="every node must see the same weights"):
-        _Embedder(str(tiny_llama), settings, {}, "0" * 16, threads=1)
+        _Embedder(record, threads=1)
 
 
 def test_ray_into_an_embedded_database_folder_is_refused(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tp_rag import TPEncoder, loading
+from tp_rag import TPEncoder
 from tp_rag.prompts import BUILTIN_PROMPTS
 from tp_rag.testing import ARCHITECTURES
 
@@ -116,13 +116,13 @@ def test_batch_invariance_mean_pooling(tiny_models: dict[str, Path]) -> None:
         assert np.abs(batched[row] - encoder.encode(text)).max() <= 1e-5
 
 
-def test_tp_off_shares_the_loaded_weights(tiny_llama: Path) -> None:
+def test_tp_off_shares_the_loaded_weights(tiny_llama: Path, weight_reads: list[str]) -> None:
     """encode(tp=False) needs no second load; TP on and off give different vectors."""
     encoder = TPEncoder.from_pretrained(tiny_llama)
-    before = loading.load_count
+    before = len(weight_reads)
     on, off = encoder.encode(SHORT), encoder.encode(SHORT, tp=False)
     twin = TPEncoder.from_pretrained(tiny_llama, tp=False)  # another config, same weights
-    assert loading.load_count == before
+    assert len(weight_reads) == before
     assert twin._loaded is encoder._loaded
     np.testing.assert_allclose(twin.encode(SHORT), off, atol=1e-6)
     assert np.abs(on - off).max() > 1e-3

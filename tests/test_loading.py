@@ -55,9 +55,12 @@ def test_cuda_requested_without_cuda(tiny_llama: Path) -> None:
 
 
 def test_trust_remote_code_is_off_unless_asked(
-    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every Hugging Face loader is called with trust_remote_code=False by default."""
+    from tp_rag.testing import save_tiny_model
+
+    fresh = save_tiny_model(tmp_path / "fresh", "llama")  # in no cache: every loader runs
     seen: list[tuple[str, object]] = []
     for name in ("AutoConfig", "AutoModel", "AutoTokenizer"):
         cls = getattr(loading, name)
@@ -68,30 +71,69 @@ def test_trust_remote_code_is_off_unless_asked(
             return _original(klass, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    TPEncoder.from_pretrained(tiny_llama, dtype="float16")  # a fresh load (new cache key)
+    TPEncoder.from_pretrained(fresh, dtype="float16")
     assert {name for name, _ in seen} == {"AutoConfig", "AutoModel", "AutoTokenizer"}
     assert all(value is False for _, value in seen), seen
 
 
-def test_same_weights_load_once(tiny_llama: Path) -> None:
+def test_same_weights_load_once(tiny_llama: Path, weight_reads: list[str]) -> None:
     """Encoders differing only in TP settings share one loaded model."""
     first = TPEncoder.from_pretrained(tiny_llama, dtype="float32")
-    count = loading.load_count
+    count = len(weight_reads)
     second = TPEncoder.from_pretrained(tiny_llama, dtype="float32", tp=False, tp_stop=3)
-    assert loading.load_count == count and second._loaded is first._loaded
+    assert len(weight_reads) == count and second._loaded is first._loaded
     TPEncoder.from_pretrained(tiny_llama, dtype="bfloat16")  # other weights in memory
-    assert loading.load_count == count + 1
+    assert len(weight_reads) == count + 1
 
 
-def test_loaded_model_is_freed_with_its_last_encoder(tiny_llama: Path) -> None:
-    """The cache does not keep models alive: a model goes once no encoder uses it."""
+def test_the_last_model_stays_loaded_until_another_is_requested(
+    tmp_path: Path, weight_reads: list[str]
+) -> None:
+    """The cache's retention policy: a model nothing uses stays loaded while it is the most
+    recently requested one (rebuilding its encoder reads no weights and no config file), and is
+    freed once another model is requested, or by ``release_unused``."""
     import gc
+    import weakref
 
-    encoder = TPEncoder.from_pretrained(tiny_llama, dtype="float16")
-    key_count = len(loading._cache)
+    from tp_rag.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "kept", "llama", num_layers=2, hidden_size=32)
+    other = save_tiny_model(tmp_path / "other", "qwen2", num_layers=2, hidden_size=32)
+    encoder = TPEncoder.from_pretrained(path, tp_stop=2)
+    model = weakref.ref(encoder._loaded)
     del encoder
     gc.collect()
-    assert len(loading._cache) == key_count - 1
+    assert model() is not None  # nothing uses it, but it is the most recent model
+    (path / "config.json").rename(path / "config.moved")  # the cache must not need it again
+    again = TPEncoder.from_pretrained(path, tp=False)
+    assert again._loaded is model() and weight_reads == [str(path)]
+    (path / "config.moved").rename(path / "config.json")
+
+    del again
+    kept = TPEncoder.from_pretrained(other)  # another model requested: the unused one goes
+    gc.collect()
+    assert model() is None
+    assert weight_reads == [str(path), str(other)]
+
+    second = weakref.ref(kept._loaded)
+    del kept
+    loading.release_unused()
+    gc.collect()
+    assert second() is None
+
+
+def test_a_model_in_use_stays_shared_whatever_else_is_loaded(
+    tiny_llama: Path, tmp_path: Path, weight_reads: list[str]
+) -> None:
+    """A model an encoder still uses is never dropped: later requests for it share it."""
+    from tp_rag.testing import save_tiny_model
+
+    first = TPEncoder.from_pretrained(tiny_llama, dtype="float16")
+    for seed in (1, 2):  # other models requested in between
+        TPEncoder.from_pretrained(save_tiny_model(tmp_path / f"m{seed}", "llama", seed=seed))
+    reads = len(weight_reads)
+    assert TPEncoder.from_pretrained(tiny_llama, dtype="float16")._loaded is first._loaded
+    assert len(weight_reads) == reads
 
 
 def test_fingerprint_uses_weights_not_path(tiny_llama: Path, tmp_path: Path) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import servers
 
-from tp_rag import TPEncoder
+from tp_rag import TPConfig, TPEncoder
 from tp_rag.documents import Chunk
 from tp_rag.store import (
     ConfigMismatchError,
@@ -46,6 +46,11 @@ def write(store: TPStore, source: str, texts: list[str]) -> list[Chunk]:
     return chunks
 
 
+def recorded(collection: Any) -> dict[str, Any]:
+    """A collection's one record of its encoder: its embedding function's stored configuration."""
+    return collection.configuration_json["embedding_function"]["config"]
+
+
 def test_collections_record_fingerprint_settings_and_embedding_function(
     tmp_path: Path, encoder: TPEncoder
 ) -> None:
@@ -55,11 +60,85 @@ def test_collections_record_fingerprint_settings_and_embedding_function(
     assert (store.on.name, store.off.name) == ("docs", twin_name("docs")) == ("docs", "docs-tp-off")
     for collection, tp in ((store.on, True), (store.off, False)):
         config = encoder.config.replace(tp=tp)
-        assert collection.metadata["tp_rag_fingerprint"] == config.fingerprint()
-        assert json.loads(collection.metadata["tp_rag_config"]) == config.to_dict()
+        record = recorded(collection)
+        assert record["fingerprint"] == config.fingerprint()
+        settings = {name: record[name] for name in TPConfig.field_names()}
+        assert settings == {**config.to_dict(), "model": str(Path(config.model).resolve())}
         assert collection.configuration_json["hnsw"]["space"] == "cosine"
         assert collection.configuration_json["embedding_function"]["name"] == "tp_rag"
-    assert store.on.metadata["tp_rag_fingerprint"] != store.off.metadata["tp_rag_fingerprint"]
+    assert recorded(store.on)["fingerprint"] != recorded(store.off)["fingerprint"]
+
+
+def test_open_rebuilds_the_recorded_encoder(
+    tmp_path: Path, tiny_llama: Path, weight_reads: list[str]
+) -> None:
+    """``TPStore.open`` without a model gives the encoder the store records: the same model and
+    settings, so the same vectors; runtime settings may be overridden, a space setting may not."""
+    written = TPEncoder.from_pretrained(tiny_llama, device="cpu", tp_stop=3, output_layer=-2)
+    write(TPStore(connect(tmp_path / "db"), "docs", written), "s", TEXTS)
+
+    store = TPStore.open(tmp_path / "db", "docs", device="cpu", batch_size=2)
+    assert store.encoder.config.fingerprint() == written.config.fingerprint()
+    assert store.encoder.config.batch_size == 2
+    assert (store.encoder.config.tp_stop, store.encoder.config.output_layer) == (3, 3)
+    assert store.encoder._loaded is written._loaded  # no second load of the same weights
+    on, off = store.search(TEXTS[3], k=1)
+    assert on[0].text == off[0].text == TEXTS[3]
+    assert on[0].similarity == pytest.approx(1.0, abs=1e-4)
+
+    with pytest.raises(ConfigMismatchError, match="tp_stop 3 vs 2"):
+        TPStore.open(connect(tmp_path / "db"), "docs", tp_stop=2)
+    assert TPStore.open(tmp_path / "db", "docs").count() == (4, 4)
+
+
+def test_open_with_a_model_and_for_a_new_store(tmp_path: Path, tiny_llama: Path) -> None:
+    """With a model, ``open`` loads it with the options given and checks it against the
+    store; a store that does not exist is made, or refused before loading with
+    ``create=False``."""
+    db = tmp_path / "db"
+    with pytest.raises(ValueError, match=r"no tp-rag collection 'docs' in .*tp-rag ingest"):
+        TPStore.open(db, "docs", tiny_llama, create=False)
+    assert connect(db).list_collections() == []
+    store = TPStore.open(db, "docs", tiny_llama, device="cpu", tp_stop=3)
+    assert store.count() == (0, 0) and store.encoder.config.tp_stop == 3
+    assert recorded(store.on)["fingerprint"] == store.encoder.config.fingerprint()
+    with pytest.raises(ConfigMismatchError, match="tp_stop 3 vs 2"):
+        TPStore.open(db, "docs", tiny_llama, tp_stop=2)
+
+
+def test_records_of_an_earlier_tp_rag_are_refused_with_the_re_ingest_advice(
+    tmp_path: Path, encoder: TPEncoder
+) -> None:
+    """A collection whose record an earlier tp-rag wrote (no record format, a 16-character
+    digest) is not migrated: opening it, with an encoder or from its record, is refused with
+    how to re-ingest, and nothing is written to it."""
+    from tp_rag.chroma import TPEmbeddingFunction
+
+    earlier = TPEmbeddingFunction.from_encoder(encoder).get_config()
+    del earlier["format"], earlier["method"]
+    earlier["model_digest"] = earlier["model_digest"][:16]
+
+    class EarlierFunction(TPEmbeddingFunction):
+        """Stores the record as the earlier tp-rag did."""
+
+        def get_config(self) -> dict[str, Any]:
+            return earlier
+
+        @staticmethod
+        def build_from_config(config: dict[str, Any]) -> Any:
+            return config  # what Chroma's legacy check calls at creation
+
+    client = connect(tmp_path / "db")
+    client.create_collection("docs", embedding_function=EarlierFunction.from_encoder(encoder))
+    for open_store in (
+        lambda: TPStore(client, "docs", encoder),
+        lambda: TPStore.open(client, "docs"),
+    ):
+        with pytest.raises(ConfigMismatchError) as error:
+            open_store()
+        message = str(error.value)
+        assert "Re-ingest" in message and "--collection" in message and "'docs'" in message
+    assert [c.name for c in client.list_collections()] == ["docs"]  # no twin was made
 
 
 def test_query_equal_to_a_chunk_finds_it_first_on_both_sides(
@@ -150,6 +229,8 @@ def test_a_collection_not_made_by_tp_rag_is_refused(tmp_path: Path, encoder: TPE
     client.create_collection("plain", embedding_function=None)
     with pytest.raises(ValueError, match="not made by tp-rag"):
         TPStore(client, "plain", encoder)
+    with pytest.raises(ValueError, match="not made by tp-rag"):
+        TPStore.open(client, "plain")
 
 
 @pytest.mark.parametrize(

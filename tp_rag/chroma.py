@@ -1,9 +1,11 @@
 """A Chroma embedding function over ``TPEncoder``, registered so Chroma can rebuild it.
 
-A collection created with ``TPEmbeddingFunction`` stores the function's configuration; reopening
-it later (another process, no ``embedding_function=`` argument) makes Chroma call
-``build_from_config``, which loads the same model with the same settings and checks the
-embedding-space fingerprint, so a query can never be embedded differently from the documents.
+A collection created with ``TPEmbeddingFunction`` stores the function's configuration, which is
+the collection's record of its encoder (``tp_rag.record``). Reopening it later (another process,
+no ``embedding_function=`` argument) makes Chroma call ``build_from_config``, which opens the
+record as ``TPStore.open`` does: the same model with the same settings, the embedding-space
+fingerprint checked, so a query can never be embedded differently from the documents, and no
+stored loading option outside the allowlist used without the reader's opt-in.
 
 >>> import chromadb
 >>> from tp_rag.chroma import TPEmbeddingFunction
@@ -17,10 +19,6 @@ embedding-space fingerprint, so a query can never be embedded differently from t
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-from collections import OrderedDict
 from typing import Any
 
 try:
@@ -31,50 +29,18 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
         'tp_rag.chroma needs chromadb, which is not installed: pip install "tp-rag[chroma]"'
     ) from error
 
-from tp_rag.adapters import LOADING_OPTIONS, load_encoder
+from tp_rag.adapters import load_encoder
 from tp_rag.encoder import TPEncoder
-from tp_rag.loading import model_key
 from tp_rag.prompts import resolve_prompt
-
-_STORED_LOADING = frozenset(LOADING_OPTIONS) - {"preset"}
-"""Loading options stored with a collection (a preset's settings are stored as settings)."""
-
-TRUST_REMOTE_CODE_ENV = "TP_RAG_TRUST_REMOTE_CODE"
-"""Set to ``1`` to let collections opened in this process load their model with the stored
-``trust_remote_code=True`` (and the other stored options in ``UNTRUSTED_MODEL_KWARGS``)."""
-
-UNTRUSTED_MODEL_KWARGS = frozenset(
-    {
-        # run code: the repository's own Python, pickled weights, kernels from the hub
-        "trust_remote_code",
-        "code_revision",
-        "weights_only",
-        "use_kernels",
-        "allow_all_kernels",
-        "kernel_config",
-        # change where files come from
-        "revision",
-        "subfolder",
-        "gguf_file",
-        "adapter_kwargs",
-        "adapter_name",
-        "cache_dir",
-        "proxies",
-        "token",
-    }
+from tp_rag.record import (
+    TRUST_REMOTE_CODE_ENV,
+    encoder_record,
+    open_encoder,
+    recorded_runtime,
+    trust_model,
 )
-"""``model_kwargs`` a stored collection config may only use with the reader's opt-in."""
 
-# Models this process loaded with trust_remote_code=True itself (its own explicit choice), so
-# Chroma's rebuild of the same function from a collection's config is allowed for them.
-_trusted_models: set[str] = set()
-
-# Chroma rebuilds the function from its stored config every time it reads a collection's
-# configuration (on every add and query of a reopened collection). The core's model cache holds
-# weak references, so without a strong one here each rebuild would read the weights again.
-_REBUILT_MAX = 4
-_rebuilt: OrderedDict[str, TPEmbeddingFunction] = OrderedDict()
-_rebuilt_lock = threading.Lock()
+__all__ = ["TRUST_REMOTE_CODE_ENV", "TPEmbeddingFunction"]
 
 
 @register_embedding_function
@@ -150,7 +116,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         self._tp = tp
         self._query_prompt = query_prompt
         if encoder.load_kwargs.get("trust_remote_code"):
-            _trusted_models.add(model_key(encoder.config.model))
+            trust_model(encoder.config.model)
 
     @property
     def encoder(self) -> TPEncoder:
@@ -185,94 +151,18 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         return self._encoder.config.replace(tp=self._tp).fingerprint()
 
     def get_config(self) -> dict[str, Any]:
-        """Everything needed to rebuild this function, as JSON-serialisable values.
-
-        The settings are the resolved ones (layers included), so a later tp_rag with other
-        defaults rebuilds the same function; ``fingerprint`` lets ``build_from_config`` check it.
-        """
-        settings = self._encoder.config.to_dict()
-        del settings["model_digest"]
-        model = model_key(settings.pop("model"))  # a relative path breaks when reopened elsewhere
-        # How the encoder was loaded, so a rebuild loads the same weights. A preset file's
-        # settings are already in `settings`: the file is not needed again.
-        loading = {k: v for k, v in self._encoder.load_kwargs.items() if v not in (None, {})}
-        config = {
-            "model": model,
-            **settings,
-            "tp": self._tp,
-            "query_prompt": self._query_prompt,
-            **loading,
-            "fingerprint": self.fingerprint(),
-        }
-        try:
-            json.dumps(config)
-        except TypeError as error:
-            raise ValueError(
-                f"model_kwargs={loading.get('model_kwargs')!r} cannot be stored with a Chroma "
-                "collection "
-                f"({error}); pass only JSON values (strings, numbers, booleans, lists, dicts), "
-                "e.g. a path as a string"
-            ) from None
-        return config
+        """The collection's record of this function (``tp_rag.record.encoder_record``): the
+        model, how it was loaded, the resolved settings, ``tp``, ``query_prompt`` and the
+        fingerprint, as JSON values."""
+        return encoder_record(self._encoder, tp=self._tp, query_prompt=self._query_prompt)
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> TPEmbeddingFunction:
-        """Rebuild a function from ``get_config()``; raise if the embedding space changed."""
-        key = json.dumps(config, sort_keys=True)
-        with _rebuilt_lock:
-            if key in _rebuilt:
-                _rebuilt.move_to_end(key)
-                return _rebuilt[key]
-        settings = dict(config)
-        expected = settings.pop("fingerprint", None)
-        nested = dict(settings.get("model_kwargs") or {})
-        if set(nested) & _STORED_LOADING:
-            # tp-rag 0.1 stored the loading options inside model_kwargs: lift them out.
-            settings.update({k: v for k, v in nested.items() if k != "model_kwargs"})
-            settings["model_kwargs"] = nested.get("model_kwargs") or {}
-        _check_trusted(settings)
-        function = TPEmbeddingFunction(**settings)
-        if expected is not None and function.fingerprint() != expected:
-            raise ValueError(
-                f"model {settings.get('model')!r} with these settings no longer gives the "
-                f"embedding space the collection was built with (fingerprint "
-                f"{function.fingerprint()}, stored {expected}): the weights or tp_rag's method "
-                "changed. Point the model at the original weights, or re-embed the collection."
-            )
-        with _rebuilt_lock:
-            _rebuilt[key] = function
-            while len(_rebuilt) > _REBUILT_MAX:
-                _rebuilt.popitem(last=False)
-        return function
-
-
-def _check_trusted(settings: dict[str, Any]) -> None:
-    """Refuse a stored config that would run code or fetch other files, unless the reader of
-    the collection opted in (``TP_RAG_TRUST_REMOTE_CODE=1``, or loading that model with
-    ``trust_remote_code=True`` in this process)."""
-    asks = []
-    if settings.get("trust_remote_code"):
-        asks.append("trust_remote_code=True")
-    flat = set(settings) & UNTRUSTED_MODEL_KWARGS - {"revision", "trust_remote_code"}
-    asks += [f"{key}={settings[key]!r}" for key in sorted(flat)]
-    kwargs = settings.get("model_kwargs") or {}
-    asks += [
-        f"model_kwargs[{key!r}]={kwargs[key]!r}"
-        for key in sorted(set(kwargs) & UNTRUSTED_MODEL_KWARGS)
-    ]
-    if not asks:
-        return
-    model = str(settings.get("model"))
-    if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1" or model_key(model) in _trusted_models:
-        return
-    raise PermissionError(
-        f"this collection's stored embedding function loads model {model!r} with "
-        f"{', '.join(asks)}, which can run the model's own Python code or fetch files from "
-        "elsewhere; tp-rag does not enable that from a stored collection. If you trust this "
-        f"model, opt in: set {TRUST_REMOTE_CODE_ENV}=1 in your environment, or load it "
-        "yourself in this process, e.g. get_collection(name, embedding_function="
-        f"TPEmbeddingFunction({model!r}, trust_remote_code=True))."
-    )
+        """Rebuild a function from its record (``tp_rag.record.open_encoder``, with the
+        runtime settings it was written with); raise if the embedding space changed, or if the
+        record would load its model with options the reader has not opted in to."""
+        encoder = open_encoder(config, **recorded_runtime(config))
+        return TPEmbeddingFunction.from_encoder(encoder, query_prompt=config.get("query_prompt"))
 
 
 def _documents(input: Documents) -> Documents:

@@ -37,8 +37,6 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
 DEFAULT_MAX_BATCH_TOKENS: dict[str, int] = {"cuda": 16384, "mps": 8192, "cpu": 8192}
 """``max_batch_tokens=None`` means this budget for the device type (at least ``max_length``)."""
 
-_LEGACY_DIGEST_LENGTH = 16  # tp-rag/1 digests: 16 sampled values per tensor, no tokenizer
-
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
     """Check a Hugging Face ``hidden_states`` index against a model's depth; make it >= 0.
@@ -265,18 +263,3 @@ class TPConfig:
     def to_dict(self) -> dict[str, Any]:
         """All settings as a JSON-serialisable dict (``TPConfig(**d)`` rebuilds it)."""
         return dataclasses.asdict(self)
-
-
-def outdated_space_advice(recorded: dict[str, Any], collection: str) -> str:
-    """What to do about a store whose recorded settings come from an older fingerprint scheme
-    (``""`` when they do not). Such vectors cannot be checked against a model any more."""
-    digest = recorded.get("model_digest")
-    if not isinstance(digest, str) or len(digest) != _LEGACY_DIGEST_LENGTH:
-        return ""
-    return (
-        f" Collection {collection!r} was made by an older tp-rag whose model digest sampled only "
-        "16 values per weight tensor and ignored the tokenizer, so it cannot prove these vectors "
-        "come from this model. Re-ingest the documents: `tp-rag ingest PATH... --collection "
-        "NEW_NAME`, or delete the old collections (chromadb: client.delete_collection(NAME) and "
-        "NAME-tp-off) and ingest again under the same name."
-    )

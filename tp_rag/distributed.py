@@ -184,27 +184,22 @@ def _chunk_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
 class _Embedder:
     """Stage 3 (an actor): one encoder, TP on and TP off over one loaded model."""
 
-    def __init__(
-        self,
-        model: str,
-        settings: dict[str, Any],
-        load_kwargs: dict[str, Any],
-        fingerprint: str,
-        threads: int,
-    ) -> None:
+    def __init__(self, record: dict[str, Any], threads: int) -> None:
         import torch
 
-        from tp_rag.encoder import TPEncoder
-        from tp_rag.store import ConfigMismatchError
+        from tp_rag.record import LOADING_KEYS, ConfigMismatchError, open_encoder, recorded_runtime
 
         torch.set_num_threads(threads)
-        self.encoder = TPEncoder.from_pretrained(model, **load_kwargs, **settings)
-        if self.encoder.config.fingerprint() != fingerprint:
+        # The driver's record of its own encoder: its loading options are the driver's choice.
+        loading = {key: record[key] for key in LOADING_KEYS if key in record}
+        try:
+            self.encoder = open_encoder(record, **loading, **recorded_runtime(record))
+        except ConfigMismatchError as error:
             raise ConfigMismatchError(
-                f"the model {model!r} loaded on this Ray node gives encoder configuration "
-                f"{self.encoder.config.fingerprint()}, the driver's gives {fingerprint}: every "
-                "node must see the same weights (the same files, or the same hub revision)"
-            )
+                f"the model {record['model']!r} loaded on this Ray node does not give the "
+                "driver's encoder configuration: every node must see the same weights (the same "
+                f"files, or the same hub revision). {error}"
+            ) from None
         self._kill_file = os.environ.get(KILL_EMBEDDER_ENV)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -330,15 +325,9 @@ def ingest_ray(
         records = sorted(planned.drop_columns(["chunks"]).take_all(), key=lambda r: r["order"])
         _tally(records, summary, progress)
         if any(record["missing"] for record in records):
-            config = store.encoder.config
-            settings = {k: v for k, v in config.to_dict().items() if k not in _LOADED}
-            embedder = {
-                "model": config.model,
-                "settings": settings,
-                "load_kwargs": store.encoder.load_kwargs,
-                "fingerprint": config.fingerprint(),
-                "threads": threads,
-            }
+            from tp_rag.record import encoder_record
+
+            embedder = {"record": encoder_record(store.encoder), "threads": threads}
             written = (
                 # Light work: no CPU reserved (the actors may hold every core), few at once.
                 planned.flat_map(_chunk_rows, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
@@ -373,9 +362,6 @@ def ingest_ray(
         summary.removed += len(stale)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-_LOADED = ("model", "model_digest")  # passed separately, or found by loading
 
 
 def _threads_per_actor(ray: ModuleType, actors: int, gpus: float, threads: int | None) -> int:

@@ -23,10 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+from tp_rag.documents import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    Chunk,
+    DocumentError,
+    check_chunking,
+    find_files,
+    read_document,
+    split_text,
+)
 
 if TYPE_CHECKING:
-    from tp_rag.documents import Chunk
     from tp_rag.store import TPStore
 
 
@@ -143,8 +151,6 @@ def _ingest(
     source_name: Callable[[Path], str],
     progress: IngestProgress | None,
 ) -> IngestSummary:
-    from tp_rag.documents import find_files
-
     started = time.perf_counter()
     encoder = store.encoder
     chunk_size, chunk_overlap = settle_chunking(store, chunk_size, chunk_overlap)
@@ -214,8 +220,6 @@ def settle_chunking(
     Sizes not given come from the store's record, else from ``DEFAULT_CHUNK_SIZE`` and
     ``DEFAULT_CHUNK_OVERLAP`` (at most an eighth of the chunk size).
     """
-    from tp_rag.documents import check_chunking
-
     recorded = store.chunking()
     if chunk_size is None:
         chunk_size = recorded[0] if recorded else DEFAULT_CHUNK_SIZE
@@ -237,8 +241,6 @@ def read_chunks(
     path: Path, tokenizer: Any, chunk_size: int, chunk_overlap: int
 ) -> tuple[list[Chunk], str | None]:
     """A file's chunks and ``None``, or ``([], reason)`` when the file cannot be ingested."""
-    from tp_rag.documents import DocumentError, read_document, split_text
-
     try:
         text = read_document(path)
     except DocumentError as error:
@@ -304,8 +306,6 @@ def prune_scope(paths: Iterable[str | Path]) -> tuple[list[Path], set[str]]:
     Against a typo, every path must exist and hold at least one file tp-rag reads, else
     ``ValueError`` (call it first to refuse a bad path before anything is written).
     """
-    from tp_rag.documents import find_files
-
     roots = []
     found: set[str] = set()
     for raw in paths:

@@ -1,12 +1,21 @@
 """Loading a decoder-only model once per process, with the ``<PST>`` placeholder token added.
 
-Models are shared: every encoder that asks for the same weights on the same device and dtype
-gets the same ``LoadedModel`` (TP settings do not matter, they live in hooks). The cache holds
-weak references, so a model is freed when the last encoder using it is gone.
+Models are shared: every encoder that asks for the same weights (the same folder or hub name,
+revision, ``trust_remote_code`` and ``model_kwargs``) on the same device and dtype gets the same
+``LoadedModel`` (TP settings do not matter, they live in hooks).
+
+Retention, the one policy of the one model cache: a loaded model stays in memory while any
+encoder uses it, and the most recently requested model also stays when none does, until another
+model is requested. So code that drops an encoder and builds it again reads the weights once
+(Chroma rebuilds a collection's embedding function from its stored configuration on every add and
+query), and at most one model that nothing uses is held; it is released before other weights are
+read, never alongside them. ``release_unused()`` frees it at once. A model in the cache also
+answers ``load_config`` for its name, so rebuilding an encoder reads no file and asks no hub.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -54,12 +63,26 @@ class LoadedModel:
     """Held during a forward pass: hooks live on the shared modules."""
     widths: dict[int, int] = field(default_factory=dict)
     """Vector width per ``hidden_states`` index, as read out (filled on first use)."""
+    config: PretrainedConfig | None = None
+    """The model's configuration as ``load_config`` read it (shared: do not modify)."""
 
 
+# The model cache (see the module docstring): the models encoders use, by weak reference, and
+# the most recently requested one held strongly in `_kept`.
 _cache: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_kept: LoadedModel | None = None
 _cache_lock = threading.Lock()
-load_count = 0
-"""How many times weights were actually read (not served from the cache); for tests."""
+
+
+def release_unused() -> None:
+    """Free the model the cache keeps for reuse when no encoder uses it (see the module
+    docstring); models that encoders still use stay loaded.
+
+    >>> release_unused()
+    """
+    global _kept
+    with _cache_lock:
+        _kept = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -157,8 +180,15 @@ def load_config(
     """Read a model's config and check that it is a decoder-only causal language model.
 
     Without a network, a hub name is read from the local cache, or fails at once with a
-    ``ModelUnavailableError`` that says how to pass a local directory.
+    ``ModelUnavailableError`` that says how to pass a local directory. A model in the cache
+    loaded with the same name, revision and ``trust_remote_code`` answers from memory (the
+    configuration it was loaded with, shared: do not modify it).
     """
+    wanted = (model_key(name_or_path), revision, trust_remote_code)
+    with _cache_lock:
+        for key, loaded in list(_cache.items()):
+            if key[:3] == wanted and loaded.config is not None:
+                return loaded.config
     options = _hub_options(name_or_path)
     try:
         config = AutoConfig.from_pretrained(
@@ -523,7 +553,9 @@ def load_model(
     trust_remote_code: bool = False,
     **model_kwargs: Any,
 ) -> LoadedModel:
-    """Load (or reuse) the base decoder, without its LM head, with ``<PST>`` added."""
+    """Load (or reuse, see the module docstring) the base decoder, without its LM head, with
+    ``<PST>`` added."""
+    global _kept
     key = (
         model_key(name_or_path),  # one load per directory, however it is named
         revision,
@@ -533,19 +565,22 @@ def load_model(
         tuple(sorted((k, repr(v)) for k, v in model_kwargs.items())),
     )
     with _cache_lock:
-        cached = _cache.get(key)
-        if cached is not None:
-            return cached
-        loaded = _load_uncached(
-            name_or_path,
-            config=config,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            **model_kwargs,
-        )
-        _cache[key] = loaded
+        loaded = _cache.get(key)
+        if loaded is None:
+            if _kept is not None:  # an unused model is released before other weights are read
+                _kept = None
+                gc.collect()  # a model's modules can hold reference cycles
+            loaded = _load_uncached(
+                name_or_path,
+                config=config,
+                device=device,
+                dtype=dtype,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                **model_kwargs,
+            )
+            _cache[key] = loaded
+        _kept = loaded
         return loaded
 
 
@@ -559,7 +594,6 @@ def _load_uncached(
     trust_remote_code: bool,
     **model_kwargs: Any,
 ) -> LoadedModel:
-    global load_count
     options = _hub_options(name_or_path)
     common = {"revision": revision, "trust_remote_code": trust_remote_code, **options}
     try:
@@ -582,7 +616,6 @@ def _load_uncached(
             "character offsets. Convert it with tokenizers, or pick a model that ships "
             "tokenizer.json."
         )
-    load_count += 1
     model.eval()
     files = checkpoint_files(name_or_path, config, revision=revision, **model_kwargs)
     digest = model_digest(model, tokenizer, files)  # before <PST> and before moving
@@ -596,4 +629,5 @@ def _load_uncached(
         digest=digest,
         device=device,
         dtype=dtype,
+        config=config,
     )

@@ -1,12 +1,13 @@
 """Chroma collections for comparing retrieval with TP on and off.
 
 A store named ``NAME`` is two collections: ``NAME`` holds chunks embedded with Token Prepending
-on, ``NAME-tp-off`` the same chunks embedded with it off. Each records its encoder's
-``fingerprint()`` and settings in its metadata and carries a ``TPEmbeddingFunction``, so Chroma
-users can query it by text. Opening a store with an encoder whose embedding space differs from
-the recorded one raises ``ConfigMismatchError``: vectors from different spaces never mix.
+on, ``NAME-tp-off`` the same chunks embedded with it off. Each carries a ``TPEmbeddingFunction``,
+so Chroma users can query it by text, and the function's stored configuration is the
+collection's one record of its encoder (``tp_rag.record``). ``TPStore.open`` rebuilds the encoder
+from that record; opening a store with an encoder whose embedding space differs from the
+recorded one raises ``ConfigMismatchError``: vectors from different spaces never mix.
 
->>> store = TPStore(connect("chroma_db"), "docs", encoder)  # doctest: +SKIP
+>>> store = TPStore.open("chroma_db", "docs")  # the recorded model and settings  # doctest: +SKIP
 >>> on, off = store.search("Who plays music?", k=3)  # doctest: +SKIP
 >>> [hit.source for hit in on]  # doctest: +SKIP
 ['/data/music.md', '/data/guitar.txt', '/data/band.md']
@@ -23,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tp_rag.record import ConfigMismatchError as ConfigMismatchError  # raised by TPStore
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,18 +44,11 @@ _WRITER_PID = "tp-rag-write.pid"  # beside the lock: who holds it, for the error
 _OPEN_LOCK = "tp-rag-open.lock"  # held while Chroma creates or migrates a folder's tables
 _OPEN_TIMEOUT = 120.0
 
-_FINGERPRINT = "tp_rag_fingerprint"
-_CONFIG = "tp_rag_config"
-_TP = "tp_rag_tp"
 _STORE = "tp_rag_store"
 _CHUNK_SIZE = "tp_rag_chunk_size"
 _CHUNK_OVERLAP = "tp_rag_chunk_overlap"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _NAME_MAX = 512 - len(TWIN_SUFFIX)  # Chroma's limit, minus room for the twin's suffix
-
-
-class ConfigMismatchError(ValueError):
-    """A collection holds vectors of another encoder configuration than the one in use."""
 
 
 class StoreBusyError(OSError):
@@ -212,29 +208,9 @@ def chunk_id(source: str, chunk: Chunk) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
-def stored_settings(client: Any, name: str) -> dict[str, Any] | None:
-    """The encoder settings (``TPConfig.to_dict()``) recorded with store ``name``, or ``None``
-    when there is no such collection or it was not made by tp-rag."""
-    from chromadb.errors import NotFoundError
-
-    try:
-        collection = client.get_collection(name, embedding_function=None)
-    except NotFoundError:
-        return None
-    raw = (collection.metadata or {}).get(_CONFIG)
-    return json.loads(raw) if isinstance(raw, str) else None
-
-
-def describe_settings(settings: dict[str, Any]) -> str:
-    """One line naming the model and the settings that define an embedding space."""
-    from tp_rag.config import TPConfig
-
-    keys = ("model", *TPConfig.space_fields())
-    return ", ".join(f"{key}={settings.get(key)!r}" for key in keys if key in settings)
-
-
 class TPStore:
-    """Store ``name``: the collections ``name`` (TP on) and ``name-tp-off`` (TP off).
+    """Store ``name``: the collections ``name`` (TP on) and ``name-tp-off`` (TP off), embedded
+    by ``encoder``; ``TPStore.open`` finds the encoder from the store's record instead.
 
     ``create=False`` refuses to make collections that do not exist yet (for querying).
     """
@@ -251,22 +227,72 @@ class TPStore:
         self.on = self._open(name, tp=True, create=create)
         self.off = self._open(twin_name(name), tp=False, create=create)
 
+    @classmethod
+    def open(
+        cls,
+        client_or_path: Any,
+        name: str,
+        model: str | Path | None = None,
+        *,
+        create: bool = True,
+        **overrides: Any,
+    ) -> TPStore:
+        """Open store ``name`` with the encoder its record names, or with ``model``.
+
+        ``client_or_path`` is a Chroma client or the folder of an embedded database. Without
+        ``model`` and ``preset``, an existing store brings its own encoder: the recorded model,
+        loaded as it was, with the recorded settings (``tp_rag.record.open_encoder``);
+        ``overrides`` (``TPEncoder.from_pretrained`` keywords, ``None`` meaning not given)
+        replace them: runtime settings such as ``device`` freely, others only where the
+        embedding space stays the same, and ``trust_remote_code=True`` opts in to recorded
+        loading options beyond the safe ones. With ``model`` or ``preset``, or for a new store,
+        the encoder is ``TPEncoder.from_pretrained(model, **overrides)``. Either way, an encoder
+        of another embedding space than the store's raises ``ConfigMismatchError``.
+        ``create=False`` refuses a store that does not exist, before loading anything.
+
+        >>> store = TPStore.open("chroma_db", "docs")  # doctest: +SKIP
+        >>> client = connect(host="localhost")  # doctest: +SKIP
+        >>> store = TPStore.open(client, "new", "/models/qwen", tp_stop=5)  # doctest: +SKIP
+        """
+        from tp_rag.record import open_encoder
+
+        check_name(name)
+        client = (
+            connect(client_or_path) if isinstance(client_or_path, (str, Path)) else client_or_path
+        )
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        record = _record(client, name)
+        if record is None and not create:  # fail before loading a model
+            settings = client.get_settings()
+            where = (
+                settings.persist_directory
+                if settings.is_persistent
+                else f"the Chroma server {settings.chroma_server_host}:"
+                f"{settings.chroma_server_http_port}"
+            )
+            raise ValueError(
+                f"there is no tp-rag collection {name!r} in {where}; make it with "
+                f"`tp-rag ingest PATH... --collection {name}`"
+            )
+        if record is not None and model is None and "preset" not in overrides:
+            encoder = open_encoder(record, collection=name, **overrides)
+        else:
+            from tp_rag.encoder import TPEncoder
+
+            encoder = TPEncoder.from_pretrained(model, **overrides)
+        return cls(client, name, encoder, create=create)
+
     def _open(self, name: str, *, tp: bool, create: bool) -> Any:
         from chromadb.errors import NotFoundError
 
+        from tp_rag.record import check_space, collection_record
+
         function = self.functions[tp]
-        config = self.encoder.config.replace(tp=tp)
         if create:
-            metadata = {
-                _FINGERPRINT: function.fingerprint(),
-                _CONFIG: json.dumps(config.to_dict(), sort_keys=True),
-                _TP: tp,
-                _STORE: self.name,
-            }
-            # An existing collection keeps its own metadata; it is checked below.
+            # An existing collection keeps its own record; it is checked below.
             collection = self.client.get_or_create_collection(
                 name,
-                metadata=metadata,
+                metadata={_STORE: self.name},
                 configuration={"hnsw": {"space": "cosine"}},
                 embedding_function=function,
             )
@@ -278,38 +304,8 @@ class TPStore:
                     f"there is no collection {name!r} here; make it with "
                     f"`tp-rag ingest PATH... --collection {self.name}`"
                 ) from None
-        self._check(collection, function.fingerprint(), config.to_dict())
+        check_space(collection_record(collection), self.encoder.config.replace(tp=tp), name)
         return collection
-
-    def _check(self, collection: Any, fingerprint: str, settings: dict[str, Any]) -> None:
-        from tp_rag.config import TPConfig, outdated_space_advice
-
-        metadata = collection.metadata or {}
-        stored = metadata.get(_FINGERPRINT)
-        if stored is None:
-            raise ValueError(
-                f"collection {collection.name!r} was not made by tp-rag (it records no encoder "
-                "fingerprint); pick another collection name"
-            )
-        if stored == fingerprint:
-            return
-        try:
-            recorded = json.loads(metadata.get(_CONFIG, "{}"))
-        except json.JSONDecodeError:
-            recorded = {}
-        differ = [
-            f"{key} {recorded.get(key)!r} vs {settings.get(key)!r}"
-            for key in ("model", *TPConfig.space_fields())
-            if recorded.get(key) != settings.get(key)
-        ]
-        raise ConfigMismatchError(
-            f"collection {collection.name!r} holds vectors of encoder configuration {stored} "
-            f"({describe_settings(recorded)}), but this encoder's configuration is "
-            f"{fingerprint} ({describe_settings(settings)}); they differ in "
-            f"{'; '.join(differ) or 'the method version'}. Vectors from different embedding "
-            "spaces must not mix: use the settings the collection was built with, or another "
-            "collection name." + outdated_space_advice(recorded, collection.name)
-        )
 
     def __repr__(self) -> str:
         on, off = self.count()
@@ -409,6 +405,29 @@ class TPStore:
             )
             for rank, (id_, text, meta, distance) in enumerate(rows, start=1)
         ]
+
+
+def _record(client: Any, name: str) -> dict[str, Any] | None:
+    """The record of store ``name``'s TP-on collection; ``None`` when there is no such collection.
+
+    Raises as ``tp_rag.record.collection_record`` does for a collection tp-rag did not make or
+    cannot read.
+    """
+    import warnings
+
+    from chromadb.errors import NotFoundError
+
+    from tp_rag.record import collection_record
+
+    with warnings.catch_warnings():
+        # Chroma rebuilds the collection's function while reading it and only warns when that
+        # fails; collection_record and open_encoder raise the same problem as an error.
+        warnings.filterwarnings("ignore", "Could not reconstruct embedding function tp_rag")
+        try:
+            collection = client.get_collection(name, embedding_function=None)
+        except NotFoundError:
+            return None
+    return collection_record(collection)
 
 
 def source_ids(on: Any, off: Any, source: str) -> tuple[set[str], set[str]]:

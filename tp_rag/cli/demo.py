@@ -11,7 +11,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tp_rag.cli.options import add_store_options, client_from_args, encoder_for
+from tp_rag.cli.options import (
+    add_store_options,
+    client_from_args,
+    encoder_from_args,
+    encoder_options,
+)
 
 DEMO_DB = ".tp-rag/demo"
 """Where ``tp-rag demo`` keeps its Chroma database unless ``--db`` is given."""
@@ -69,13 +74,16 @@ def run_demo(args: argparse.Namespace) -> int:
     """Load the encoder and serve the demo until interrupted."""
     demo_directory()  # fail before loading anything when the app is missing
     host, port = server_address(args)
-    from tp_rag.store import check_name, stored_settings
+    from tp_rag.store import TPStore, check_name
 
     client = client_from_args(args)
-    recorded = None
-    if args.collection is not None:  # an existing collection brings its own encoder settings
-        recorded = stored_settings(client, check_name(args.collection))
-    encoder = encoder_for(args, recorded)
+    if args.collection is not None:  # an existing collection brings its own encoder
+        store = TPStore.open(
+            client, check_name(args.collection), args.model, **encoder_options(args)
+        )
+        encoder = store.encoder
+    else:
+        encoder = encoder_from_args(args)
     print(f"loaded {encoder}", file=sys.stderr)
     app_module = load_demo_module()  # gradio takes seconds to import: after the model's checks
     demo = app_module.Demo(encoder, client, collection=args.collection)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.config import DEFAULT_MODEL, DTYPES, POOLINGS, TPConfig
+from tp_rag.config import DEFAULT_MODEL, DTYPES, POOLINGS
 
 if TYPE_CHECKING:
     from tp_rag.encoder import TPEncoder
@@ -77,19 +77,22 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
-    """Build a ``TPEncoder`` from the options of ``add_encoder_options``."""
-    from tp_rag.encoder import TPEncoder
-
+def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``TPEncoder.from_pretrained``'s keywords (the model aside) that the options of
+    ``add_encoder_options`` give: the settings given, ``preset`` and ``trust_remote_code``."""
     settings = {
         name: getattr(args, name)
         for name in ENCODER_OPTIONS
         if getattr(args, name, None) is not None
     }
-    settings.update(overrides)
-    return TPEncoder.from_pretrained(
-        args.model, preset=args.preset, trust_remote_code=args.trust_remote_code, **settings
-    )
+    return {**settings, "preset": args.preset, "trust_remote_code": args.trust_remote_code}
+
+
+def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
+    """Build a ``TPEncoder`` from the options of ``add_encoder_options``."""
+    from tp_rag.encoder import TPEncoder
+
+    return TPEncoder.from_pretrained(args.model, **{**encoder_options(args), **overrides})
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, default_db: str | None) -> None:
@@ -118,43 +121,12 @@ def client_from_args(args: argparse.Namespace) -> Any:
     return connect(args.db or args.default_db, port=args.chroma_port)
 
 
-def encoder_for(args: argparse.Namespace, recorded: dict[str, Any] | None) -> TPEncoder:
-    """The encoder the options ask for; without ``--model`` or ``--preset``, an existing
-    collection's own model and settings (options given still override them)."""
-    if args.model is not None:
-        from tp_rag.loading import model_key
-
-        # A folder named by its absolute path, as the collection's embedding function records
-        # it, so Chroma's rebuild of that function finds this model already loaded.
-        args = argparse.Namespace(**{**vars(args), "model": model_key(args.model)})
-    if recorded is None or args.model is not None or args.preset is not None:
-        return encoder_from_args(args)
-    settings = {
-        key: value
-        for key, value in TPConfig.reusable_settings(recorded).items()
-        if getattr(args, key, None) is None
-    }
-    return encoder_from_args(
-        argparse.Namespace(**{**vars(args), "model": recorded["model"]}), **settings
-    )
-
-
 def open_store(args: argparse.Namespace, *, create: bool) -> TPStore:
-    """The store ``--collection`` names, with the encoder ``encoder_for`` picks."""
-    from tp_rag.store import TPStore, check_name, stored_settings
+    """The store ``--collection`` names (``TPStore.open``): without ``--model`` or ``--preset``,
+    an existing store's own model and settings, which the options given override."""
+    from tp_rag.store import TPStore, check_name
 
-    check_name(args.collection)
-    client = client_from_args(args)
-    recorded = stored_settings(client, args.collection)
-    if recorded is None and not create:  # fail before loading a model
-        where = (
-            f"the Chroma server {args.chroma_host}:{args.chroma_port or 8000}"
-            if args.chroma_host
-            else str(args.db or args.default_db)
-        )
-        raise ValueError(
-            f"there is no tp-rag collection {args.collection!r} in {where}; make it with "
-            f"`tp-rag ingest PATH... --collection {args.collection}`"
-        )
-    encoder = encoder_for(args, recorded)
-    return TPStore(client, args.collection, encoder, create=create)
+    check_name(args.collection)  # before connecting makes a database folder
+    return TPStore.open(
+        client_from_args(args), args.collection, args.model, create=create, **encoder_options(args)
+    )

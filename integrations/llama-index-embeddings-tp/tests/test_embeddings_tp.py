@@ -22,7 +22,7 @@ from llama_index.core.schema import MetadataMode
 from llama_index.embeddings.tp import TPEmbedding
 from pydantic import ValidationError
 
-from tp_rag import DEFAULT_MODEL, TPEncoder, loading
+from tp_rag import DEFAULT_MODEL, TPEncoder
 from tp_rag.testing import save_tiny_model
 
 TEXTS = [
@@ -220,13 +220,24 @@ def test_ingestion_pipeline_embeds_every_node(
     assert spy.sizes == [min(2, len(nodes) - i) for i in range(0, len(nodes), 2)]
 
 
-def test_tp_on_and_off_load_the_weights_once(tmp_path: Path) -> None:
+def test_tp_on_and_off_load_the_weights_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two instances over the same model, device and dtype share one loaded model."""
+    from transformers import AutoModel
+
     path = save_tiny_model(tmp_path / "fresh", "qwen2")  # loaded by no other test
-    before = loading.load_count
+    reads = []  # every read of a model's weights
+    original = AutoModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(counted))
     on = TPEmbedding(str(path), tp=True)
     off = TPEmbedding(str(path), tp=False)
-    assert loading.load_count == before + 1
+    assert reads == [str(path)]
     assert not np.allclose(on.get_text_embedding(TEXTS[0]), off.get_text_embedding(TEXTS[0]))
 
 

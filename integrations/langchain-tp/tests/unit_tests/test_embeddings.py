@@ -15,7 +15,7 @@ import pytest
 from langchain_tp import TPEmbeddings
 from pydantic import ValidationError
 
-from tp_rag import DEFAULT_MODEL, TPEncoder, loading
+from tp_rag import DEFAULT_MODEL, TPEncoder
 from tp_rag.testing import save_tiny_model
 
 TEXTS = [
@@ -204,13 +204,24 @@ def test_tp_off_changes_the_vectors(tiny_model: Path) -> None:
     assert not np.allclose(off.embed_documents(TEXTS), on.embed_documents(TEXTS))
 
 
-def test_tp_on_and_off_load_the_weights_once(tmp_path: Path) -> None:
+def test_tp_on_and_off_load_the_weights_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two instances over the same model, device and dtype share one loaded model."""
+    from transformers import AutoModel
+
     path = save_tiny_model(tmp_path / "fresh", "qwen2")  # loaded by no other test
-    before = loading.load_count
+    reads = []  # every read of a model's weights
+    original = AutoModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(counted))
     on = TPEmbeddings(model=str(path), tp=True)
     off = TPEmbeddings(model=str(path), tp=False)
-    assert loading.load_count == before + 1
+    assert reads == [str(path)]
     assert on.encoder.config.fingerprint() != off.encoder.config.fingerprint()
 
 
