@@ -33,6 +33,7 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
 
 from tp_rag.adapters import LOADING_OPTIONS, load_encoder
 from tp_rag.encoder import TPEncoder
+from tp_rag.errors import UntrustedConfigError
 from tp_rag.loading import model_key
 from tp_rag.prompts import resolve_prompt
 
@@ -265,7 +266,7 @@ def _check_trusted(settings: dict[str, Any]) -> None:
     model = str(settings.get("model"))
     if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1" or model_key(model) in _trusted_models:
         return
-    raise PermissionError(
+    raise UntrustedConfigError(
         f"this collection's stored embedding function loads model {model!r} with "
         f"{', '.join(asks)}, which can run the model's own Python code or fetch files from "
         "elsewhere; tp-rag does not enable that from a stored collection. If you trust this "
