@@ -78,16 +78,18 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def start_local_ray(**options: Any) -> None:
+def start_local_ray(**options: Any) -> Any:
     """Start a Ray instance on this machine for this process, reachable on 127.0.0.1 only.
 
     Ray's own default advertises the machine's external address and binds its servers (GCS,
     raylet, object manager, workers) to it; here every one of them, and the dashboard if it
     runs, binds and advertises ``LOOPBACK``, so nothing on the network can submit work to it.
     ``options`` go to ``ray.init`` (e.g. ``num_cpus``). To use several machines, start a
-    cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``).
+    cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``). Returns
+    ``ray.init``'s context.
 
-    >>> start_local_ray(num_cpus=2)  # doctest: +SKIP
+    >>> start_local_ray(num_cpus=2).address_info["node_ip_address"]  # doctest: +SKIP
+    '127.0.0.1'
     """
     ray = import_ray()
     from ray._private import ray_constants
@@ -98,7 +100,7 @@ def start_local_ray(**options: Any) -> None:
     single_machine = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", **{"dashboard_host": LOOPBACK, **options})
+        context = ray.init(address="local", **{"dashboard_host": LOOPBACK, **options})
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = single_machine
     exposed = sorted({node["NodeManagerAddress"] for node in ray.nodes()} - {LOOPBACK})
@@ -109,6 +111,7 @@ def start_local_ray(**options: Any) -> None:
             "start Ray yourself (`ray start --head --node-ip-address ADDRESS`) and pass its "
             "address (--ray ADDRESS)"
         )
+    return context
 
 
 @contextmanager
