@@ -39,6 +39,9 @@ from tp_rag.distributed import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's switch for a Ray on the loopback address (its default on macOS and Windows): what
+another process needs in its environment to join the Ray that ``start_local_ray`` started."""
 
 pytestmark = pytest.mark.skipif(
     servers.CHROMA is None, reason="chromadb's `chroma` command is absent"
@@ -283,7 +286,8 @@ def test_a_killed_driver_then_rerun_completes(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
+        # A second driver joins the loopback-only test cluster in Ray's single-machine mode.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **SINGLE_MACHINE},
     )
     try:
         assert process.stderr is not None

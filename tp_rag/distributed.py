@@ -85,8 +85,9 @@ def start_local_ray(**options: Any) -> Any:
     raylet, object manager, workers) to it; here every one of them, and the dashboard if it
     runs, binds and advertises ``LOOPBACK``, so nothing on the network can submit work to it.
     ``options`` go to ``ray.init`` (e.g. ``num_cpus``). To use several machines, start a
-    cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``). Returns
-    ``ray.init``'s context.
+    cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``). Another
+    process on this machine joins this Ray by its address with
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in its environment. Returns ``ray.init``'s context.
 
     >>> start_local_ray(num_cpus=2).address_info["node_ip_address"]  # doctest: +SKIP
     '127.0.0.1'
