@@ -81,9 +81,10 @@ def import_ray() -> ModuleType:
 def start_local_ray(**options: Any) -> Any:
     """Start a Ray instance on this machine for this process, reachable on 127.0.0.1 only.
 
-    Ray's own default advertises the machine's external address and binds its servers (GCS,
-    raylet, object manager, workers) to it; here every one of them, and the dashboard if it
-    runs, binds and advertises ``LOOPBACK``, so nothing on the network can submit work to it.
+    On Linux, Ray's own default advertises the machine's external address and binds its servers
+    (GCS, raylet, object manager, workers) to it or to every interface; here every one of them,
+    and the dashboard if it runs, binds and advertises ``LOOPBACK``, so nothing on the network
+    can submit work to it.
     ``options`` go to ``ray.init`` (e.g. ``num_cpus``). To use several machines, start a
     cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``). Another
     process on this machine joins this Ray by its address with
@@ -98,12 +99,12 @@ def start_local_ray(**options: Any) -> Any:
     # Ray's single-machine mode (its default on macOS and Windows, where its processes use the
     # loopback address; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 asks for it on Linux too). Ray reads
     # that variable once, when it is imported, hence the module attribute, for this start only.
-    single_machine = ray_constants.ENABLE_RAY_CLUSTER
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         context = ray.init(address="local", **{"dashboard_host": LOOPBACK, **options})
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = single_machine
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
     exposed = sorted({node["NodeManagerAddress"] for node in ray.nodes()} - {LOOPBACK})
     if exposed:  # a Ray version that no longer honours the switch: stop rather than expose it
         ray.shutdown()
