@@ -63,7 +63,7 @@ def main() -> None:
     import ray
     import torch
 
-    from tp_rag.distributed import DEFAULT_RAY_BATCH_SIZE, ingest_ray
+    from tp_rag.distributed import DEFAULT_RAY_BATCH_SIZE, ingest_ray, start_local_ray
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,7 +101,7 @@ def main() -> None:
                 ]
             )
 
-            ray.init(num_cpus=args.cpus, include_dashboard=False)
+            start_local_ray(num_cpus=args.cpus, include_dashboard=False)  # on 127.0.0.1 only
             try:
                 for actors in sorted({1, args.cpus}):
                     store = TPStore(client, f"ray-{actors}", encoder)

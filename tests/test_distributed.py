@@ -6,13 +6,16 @@ test writes its own collections.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import servers
 from corpus import CHUNKING, expected_ids, ids, write_corpus
@@ -25,9 +28,21 @@ from tp_rag.store import ConfigMismatchError, TPStore, connect
 
 ray = pytest.importorskip("ray", reason='needs Ray Data: pip install "tp-rag[ray]"')
 
-from tp_rag.distributed import KILL_EMBEDDER_ENV, _Embedder, import_ray, ingest_ray  # noqa: E402
+from faults import KILL_FILE_ENV, DyingEmbedder  # noqa: E402
+
+from tp_rag import distributed  # noqa: E402
+from tp_rag.distributed import (  # noqa: E402
+    LOOPBACK,
+    _Embedder,
+    import_ray,
+    ingest_ray,
+    start_local_ray,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's switch for a Ray on the loopback address (its default on macOS and Windows): what
+another process needs in its environment to join the Ray that ``start_local_ray`` started."""
 
 pytestmark = pytest.mark.skipif(
     servers.CHROMA is None, reason="chromadb's `chroma` command is absent"
@@ -48,12 +63,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray with 2 CPUs whose workers import this checkout's tp_rag. Yields the file
-    that, once created, makes the next embedding actor die (``KILL_EMBEDDER_ENV``)."""
+    """A local Ray on 127.0.0.1 with 2 CPUs whose workers import this checkout's tp_rag and
+    the tests' ``faults``. Yields the file that, once created, makes the next
+    ``DyingEmbedder`` die."""
     kill_file = tmp_path_factory.mktemp("faults") / "kill-embedder"
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {"PYTHONPATH": path, KILL_EMBEDDER_ENV: str(kill_file)}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, paths)), KILL_FILE_ENV: str(kill_file)}
+    start_local_ray(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         yield kill_file
     finally:
@@ -74,6 +90,71 @@ def records(collection) -> dict[str, tuple[np.ndarray, str, dict]]:
     got = collection.get(include=["embeddings", "documents", "metadatas"])
     rows = zip(got["embeddings"], got["documents"], got["metadatas"], strict=True)
     return dict(zip(got["ids"], rows, strict=True))
+
+
+def listening(root: int) -> dict[tuple[str, int], str]:
+    """``{(address, port): process name}`` for the TCP sockets that process ``root`` and its
+    descendants listen on right now (IPv4-mapped IPv6 addresses given as IPv4)."""
+    found = {}
+    try:
+        processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return found
+    for process in processes:
+        try:
+            for socket in process.net_connections(kind="tcp"):
+                if socket.status == psutil.CONN_LISTEN:
+                    address = ipaddress.ip_address(socket.laddr.ip)
+                    address = getattr(address, "ipv4_mapped", None) or address
+                    found[str(address), socket.laddr.port] = process.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_the_test_cluster_binds_and_reports_loopback_only(cluster: Path) -> None:
+    """The tests' Ray (started as `--ray` starts one) reports 127.0.0.1 as its node, GCS and
+    worker address, and every Ray process listens on 127.0.0.1 only."""
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {LOOPBACK}
+    assert ray.get_runtime_context().gcs_address.rpartition(":")[0] == LOOPBACK
+    assert ray.get(ray.remote(ray.util.get_node_ip_address).remote()) == LOOPBACK
+    sockets = listening(os.getpid())
+    assert {"gcs_server", "raylet"} <= set(sockets.values()), sockets  # Ray was seen
+    assert {address for address, _ in sockets} == {LOOPBACK}, sockets
+
+
+def test_ray_without_an_address_starts_on_loopback_only(
+    corpus: Path, tiny_llama: Path, encoder: TPEncoder, server: tuple[str, int]
+) -> None:
+    """`tp-rag ingest --ray` with no address starts its own Ray: while it runs, every socket
+    its Ray processes listen on (GCS, raylet, workers, agents, dashboard) is on 127.0.0.1,
+    and the ingestion completes."""
+    host, port = server
+    args = ["ingest", str(corpus), "--collection", "local-ray", "--model", str(tiny_llama)]
+    args += ["--device", "cpu", "--chroma-host", host, "--chroma-port", str(port)]
+    args += ["--chunk-size", "24", "--chunk-overlap", "4", "--ray"]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tp_rag", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    sockets: dict[tuple[str, int], str] = {}
+    try:
+        while process.poll() is None:
+            sockets.update(listening(process.pid))
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-3000:]
+    assert "3 files (" in out
+    assert {"gcs_server", "raylet"} <= set(sockets.values()), sockets  # Ray was seen
+    assert {address for address, _ in sockets} == {LOOPBACK}, sockets
+    store = remote_store(server, "local-ray", encoder)
+    assert ids(store.on) == ids(store.off) == expected_ids(corpus, encoder, **CHUNKING)
 
 
 def test_the_same_store_as_single_machine_ingest(
@@ -149,10 +230,15 @@ def test_rerun_half_written_chunks_and_an_edited_file(
 
 
 def test_a_killed_embedding_actor_loses_and_duplicates_nothing(
-    tmp_path: Path, encoder: TPEncoder, server: tuple[str, int], cluster: Path
+    tmp_path: Path,
+    encoder: TPEncoder,
+    server: tuple[str, int],
+    cluster: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An embedding actor that dies mid-run (after embedding a batch, before handing it on) is
     restarted by Ray, which retries the batch: every chunk ends up in both collections once."""
+    monkeypatch.setattr(distributed, "_Embedder", DyingEmbedder)
     corpus = tmp_path / "many"
     corpus.mkdir()
     for i in range(6):
@@ -201,7 +287,8 @@ def test_a_killed_driver_then_rerun_completes(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
+        # A second driver joins the loopback-only test cluster in Ray's single-machine mode.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **SINGLE_MACHINE},
     )
     try:
         assert process.stderr is not None

@@ -1,16 +1,21 @@
 """The package's layers: every module imports on its own, the import graph has no cycle, and
-the library never reaches up into the command line, the demo or terminal rendering."""
+the library never reaches up into the command line, the demo or terminal rendering. The
+shipping code holds no hooks for tests, and the adapters' settings are ``TPConfig``'s."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tp_rag.config import TPConfig
+
 PACKAGE = Path(__file__).resolve().parents[1] / "tp_rag"
+README = PACKAGE.parent / "README.md"
 
 # What only the top layer (tp_rag.cli) may import: argument parsing and terminal rendering.
 TOP_ONLY = ("tp_rag.cli", "argparse", "rich", "gradio")
@@ -102,12 +107,14 @@ def test_the_library_does_not_import_the_command_line_or_the_ui() -> None:
 
 
 def test_the_core_does_not_import_the_library_above_it() -> None:
-    """config, prompts, presets, loading, tp, vectors and encoder import only each other."""
+    """config, prompts, presets, loading, tp, vectors, errors and encoder import only each
+    other; errors, the bottom, imports no tp_rag module."""
     core = {f"tp_rag.{n}" for n in ("config", "prompts", "presets", "loading", "tp", "vectors")}
-    core |= {"tp_rag.encoder", "tp_rag"}
+    core |= {"tp_rag.encoder", "tp_rag.errors", "tp_rag"}
     graph = internal_graph()
     upward = {name: sorted(graph[name] - core) for name in core if graph[name] - core}
     assert not upward, upward
+    assert graph["tp_rag.errors"] == set()
 
 
 @pytest.mark.parametrize("name", sorted(set(MODULES) - {"tp_rag.__main__"}))  # that one runs
@@ -130,3 +137,99 @@ def test_command_line_help_does_not_load_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def environment_reads(source: str) -> set[str]:
+    """The environment variables a module's code reads (``os.environ.get(K)``,
+    ``os.environ[K]``, ``os.getenv(K)``, ``K in os.environ``), ``K`` a string or a module-level
+    string constant; a key it cannot name is returned as ``?EXPRESSION``."""
+    tree = ast.parse(source)
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+    def name(key: ast.AST) -> str:
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            return key.value
+        if isinstance(key, ast.Name) and key.id in constants:
+            return constants[key.id]
+        return f"?{ast.unparse(key)}"
+
+    keys = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            if (node.func.attr == "get" and is_environ(node.func.value)) or (
+                node.func.attr == "getenv"
+            ):
+                keys.append(node.args[0])
+        elif isinstance(node, ast.Subscript) and is_environ(node.value):
+            keys.append(node.slice)
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            keys.append(node.left)
+    return {name(key) for key in keys}
+
+
+def test_environment_reads_are_found() -> None:
+    """The checker itself: literal keys, constants, subscripts, membership, unnamed keys."""
+    source = (
+        "import os\nHOOK = 'TP_RAG_TEST_HOOK'\n"
+        "def f(key):\n"
+        "    a = os.environ.get(HOOK); b = os.getenv('B'); c = os.environ['C']\n"
+        "    return 'D' in os.environ, os.environ.get(key)\n"
+    )
+    assert environment_reads(source) == {"TP_RAG_TEST_HOOK", "B", "C", "D", "?key"}
+
+
+def test_the_library_reads_only_documented_environment_variables() -> None:
+    """An environment variable a library module reads is a user setting, named in the README;
+    one read only for tests (a fault switch, a counter) is a hook that belongs in the tests."""
+    readme = README.read_text(encoding="utf-8")
+    undocumented = {
+        name: sorted(key for key in environment_reads(path.read_text()) if key not in readme)
+        for name, path in MODULES.items()
+        if not is_top_layer(name)
+    }
+    assert not {name: keys for name, keys in undocumented.items() if keys}
+
+
+def test_the_package_never_exits_the_process_abruptly() -> None:
+    """No ``os._exit`` in the package: a crash for a test is the test's to cause."""
+    calls = {
+        name
+        for name, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and node.attr == "_exit"
+    }
+    assert not calls
+
+
+def test_the_adapters_fields_are_tpconfigs() -> None:
+    """The shared adapter settings (written out as pydantic fields) are exactly TPConfig's
+    settings (model and digest aside), the loading options, the model and ``query_prompt``;
+    the LangChain and LlamaIndex adapters build on them and add only their own options."""
+    pytest.importorskip("pydantic")
+    from tp_rag.adapters import LOADING_OPTIONS, EncoderSettings, TPSettings
+
+    settings = {f.name for f in dataclasses.fields(TPConfig)} - {"model", "model_digest"}
+    shared = settings | set(LOADING_OPTIONS) | {"model_name", "query_prompt"}
+    assert set(TPSettings.model_fields) == shared
+    assert set(EncoderSettings.model_fields) == shared - {"batch_size"}
+
+    langchain = pytest.importorskip("langchain_tp")
+    assert issubclass(langchain.TPEmbeddings, TPSettings)
+    assert set(langchain.TPEmbeddings.model_fields) == shared | {"show_progress"}
+    llama = pytest.importorskip("llama_index.embeddings.tp")
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+    assert issubclass(llama.TPEmbedding, EncoderSettings)
+    own = set(llama.TPEmbedding.model_fields) - set(BaseEmbedding.model_fields)
+    assert own == shared - {"batch_size", "model_name"} | {"show_progress"}

@@ -196,14 +196,14 @@ def test_a_store_of_the_previous_method_version_is_refused(
     tmp_path: Path, encoder: TPEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Vectors written under method tp-rag/2 (whose digest missed the model config) are not
-    mixed with today's: the store is refused, saying to use another collection name."""
+    mixed with today's: the store is refused, naming the old method and saying to re-ingest."""
     import tp_rag.config
 
     client = connect(tmp_path / "db")
     with monkeypatch.context() as old:
         old.setattr(tp_rag.config, "_METHOD_VERSION", "tp-rag/2")
         write(TPStore(client, "docs", encoder), "s", TEXTS)
-    with pytest.raises(ConfigMismatchError, match="another collection name"):
+    with pytest.raises(ConfigMismatchError, match=r"method 'tp-rag/2'.*Re-ingest"):
         TPStore(client, "docs", encoder)
 
 

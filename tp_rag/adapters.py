@@ -1,31 +1,24 @@
-"""What the framework adapters share: one description of their settings, and one constructor.
+"""What the framework adapters share: their settings, written out once, and one constructor.
 
 The LangChain, LlamaIndex and Chroma adapters take the same settings as
 ``TPEncoder.from_pretrained``: the model, the loading options (``preset``, ``revision``,
 ``trust_remote_code``, ``model_kwargs`` for ``AutoModel``), every ``TPConfig`` field, and
-``query_prompt``. ``settings_model`` turns ``TPConfig`` itself (its fields, types, defaults and
-attribute docstrings) into pydantic fields, so no adapter restates a field or a default, and
-``load_encoder`` validates the query prompt before loading the model.
+``query_prompt``. ``TPSettings`` holds them as pydantic fields (the pydantic adapters subclass
+it); ``tests/test_adapters.py`` keeps its fields equal to ``TPConfig``'s. ``load_encoder``
+validates the query prompt before loading the model.
 
->>> Settings = settings_model()
->>> Settings.model_fields["tp_stop"].default is None
-True
->>> "batch_size" in settings_model(exclude=("batch_size",)).model_fields
-False
+>>> TPSettings(model="/models/qwen", tp_stop=3).encoder_settings()["tp_stop"]
+3
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import functools
-import inspect
-import typing
-from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.config import DEFAULT_MODEL, TPConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from tp_rag.config import DEFAULT_MODEL, DType, Pooling, TPConfig
 from tp_rag.prompts import resolve_prompt
 
 if TYPE_CHECKING:
@@ -33,14 +26,6 @@ if TYPE_CHECKING:
 
 LOADING_OPTIONS: tuple[str, ...] = ("preset", "revision", "trust_remote_code", "model_kwargs")
 """``TPEncoder.from_pretrained``'s options for loading, beside the model and the settings."""
-
-_LOADING_DOCS = {
-    "preset": "JSON preset file (e.g. written by ``tp-rag tune``) with settings for this model.",
-    "revision": "Hub revision (branch, tag or commit) of the model.",
-    "trust_remote_code": "Run the model repository's own Python code (off unless you set it).",
-    "model_kwargs": "Keyword arguments for ``transformers.AutoModel.from_pretrained``, e.g. "
-    "``{'attn_implementation': 'sdpa'}``.",
-}
 
 
 def load_encoder(
@@ -80,89 +65,88 @@ def load_encoder(
     )
 
 
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """``{field: docstring}`` from the string literals written under a class's fields."""
-    try:
-        tree = ast.parse(inspect.getsource(cls)).body[0]
-    except (OSError, TypeError, SyntaxError):  # no source (frozen app): fields stay undocumented
-        return {}
-    assert isinstance(tree, ast.ClassDef)
-    docs = {}
-    for node, following in zip(tree.body, tree.body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+class EncoderSettings(BaseModel):
+    """An adapter's settings: the model, ``query_prompt``, the loading options and every
+    ``TPConfig`` setting except ``batch_size`` (``TPSettings`` adds it; LlamaIndex has its own
+    ``embed_batch_size``).
 
-
-@functools.cache
-def settings_model(*, exclude: Collection[str] = ()) -> type[Any]:
-    """A pydantic model holding an adapter's settings, built from ``TPConfig``.
-
-    Fields: ``model_name`` (alias ``model``), ``query_prompt``, the loading options, and every
-    ``TPConfig`` setting as an optional field whose ``None`` means the encoder's default (the
-    description says what that default is). ``exclude`` leaves settings out (an adapter that
-    has its own name for one). ``encoder_settings()`` gives the keyword arguments of
-    ``load_encoder``.
+    A setting left at ``None`` takes the encoder's default for the model: the authors' preset
+    where they published one, else the depth rule (see ``tp_rag.presets``), else ``TPConfig``'s
+    default. ``encoder_settings()`` gives the keyword arguments of ``load_encoder``.
     """
-    from pydantic import BaseModel, Field
 
-    hints = typing.get_type_hints(TPConfig)
-    docs = _attribute_docs(TPConfig)
-    fields: dict[str, Any] = {
-        "model_name": (
-            str,
-            Field(
-                default=DEFAULT_MODEL,
-                alias="model",
-                description="Hugging Face hub name or local directory of a decoder-only LLM.",
-            ),
-        ),
-        "query_prompt": (
-            str | None,
-            Field(
-                default=None,
-                description="A prompt for queries only (built-in name or template); None embeds "
-                "queries like documents.",
-            ),
-        ),
-        "preset": (str | None, Field(default=None, description=_LOADING_DOCS["preset"])),
-        "revision": (str | None, Field(default=None, description=_LOADING_DOCS["revision"])),
-        "trust_remote_code": (
-            bool,
-            Field(default=False, description=_LOADING_DOCS["trust_remote_code"]),
-        ),
-        "model_kwargs": (
-            dict[str, Any],
-            Field(default_factory=dict, description=_LOADING_DOCS["model_kwargs"]),
-        ),
-    }
-    names = []
-    for field in dataclasses.fields(TPConfig):
-        if field.name in ("model", "model_digest") or field.name in exclude:
-            continue
-        names.append(field.name)
-        default = (
-            "from the model's preset" if field.default is None else f"TPConfig's {field.default!r}"
-        )
-        description = f"{docs.get(field.name, '')} None: {default}.".strip()
-        field_type = hints[field.name] | None
-        fields[field.name] = (field_type, Field(default=None, description=description))
-    tp_fields = tuple(names)
+    model_config = ConfigDict(
+        extra="forbid",  # a misspelt setting fails loudly
+        populate_by_name=True,
+        protected_namespaces=(),  # model_name, model_kwargs
+        use_attribute_docstrings=True,
+    )
 
-    class AdapterSettings(BaseModel):
-        def encoder_settings(self) -> dict[str, Any]:
-            """The keyword arguments of ``load_encoder`` (model excluded): the settings that
-            are set, ``query_prompt`` and the loading options."""
-            settings = TPConfig.pick({name: getattr(self, name) for name in tp_fields})
-            loading = {name: getattr(self, name) for name in ("query_prompt", *LOADING_OPTIONS)}
-            return {**settings, **loading}
+    model_name: str = Field(default=DEFAULT_MODEL, alias="model")
+    """Hugging Face hub name or local directory of a decoder-only LLM."""
+    query_prompt: str | None = None
+    """A prompt for queries only (built-in name or template with ``{text}`` and ``{pst}``);
+    ``None`` embeds queries like documents."""
 
-    from pydantic import create_model
+    # The loading options (LOADING_OPTIONS)
+    preset: str | None = None
+    """JSON preset file (e.g. written by ``tp-rag tune``) with settings for this model."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code (off unless you set it)."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for ``transformers.AutoModel.from_pretrained``, e.g.
+    ``{'attn_implementation': 'sdpa'}``."""
 
-    return create_model("TPSettings", __base__=AdapterSettings, **fields)
+    # TPConfig's settings (model and model_digest aside); None: the encoder's default
+    prompt: str | None = None
+    """Built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with ``{text}``
+    and ``{pst}``. None: from the model's preset, else 'prompteol'."""
+    clean_text: bool | None = None
+    """Apply the paper's sentence clean-up. None: on for built-in prompts, off for templates."""
+    tp: bool | None = None
+    """Token Prepending on (the placeholder is overwritten) or off. None: True."""
+    tp_start: int | None = None
+    """First decoder layer (0-based) before which the placeholder is overwritten. None: from
+    the model's preset."""
+    tp_stop: int | None = None
+    """TP runs before decoder layers ``tp_start <= i < tp_stop``. None: from the model's
+    preset."""
+    output_layer: int | None = None
+    """Readout layer in Hugging Face ``hidden_states`` indexing (0 = embeddings, -1 = last).
+    None: from the model's preset."""
+    pooling: Pooling | None = None
+    """``last``: the prompt's last token (the paper); ``mean``: the text's own tokens. None:
+    'last'."""
+    normalize: bool | None = None
+    """L2-normalise the vectors. None: True."""
+    max_length: int | None = None
+    """Longest prompt in tokens; longer texts are cut, the template always survives. None:
+    512."""
+    max_batch_tokens: int | None = None
+    """Most tokens per forward pass, padding included. None: the device's default (at least
+    ``max_length``)."""
+    device: str | None = None
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. None: 'auto'."""
+    dtype: DType | None = None
+    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16``, ``float16``.
+    None: 'auto'."""
+
+    def encoder_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``load_encoder`` (model excluded): the ``TPConfig``
+        settings that are set, ``query_prompt`` and the loading options."""
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        loading = {name: fields[name] for name in ("query_prompt", *LOADING_OPTIONS)}
+        return {**TPConfig.pick(fields), **loading}
+
+
+class TPSettings(EncoderSettings):
+    """``EncoderSettings`` and ``batch_size``: every ``TPConfig`` setting.
+
+    >>> TPSettings(pooling="mean").encoder_settings()["pooling"]
+    'mean'
+    """
+
+    batch_size: int | None = None
+    """Most prompts per forward pass. None: 32."""

@@ -32,10 +32,10 @@ This module stays cheap to import: ray is imported when ``ingest_ray`` runs.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,9 +62,8 @@ is also what Ray retries when an actor dies."""
 
 PIP_HINT = 'pip install "tp-rag[ray]"'
 
-# Tests: an embedding actor that finds the file named by this variable deletes it and exits
-# abruptly after embedding a batch, as a crashed node would (Ray restarts it, retries the batch).
-KILL_EMBEDDER_ENV = "TP_RAG_TEST_KILL_EMBEDDER"
+LOOPBACK = "127.0.0.1"
+"""The only address a Ray started by ``start_local_ray`` binds and advertises."""
 
 
 def import_ray() -> ModuleType:
@@ -77,6 +76,61 @@ def import_ray() -> ModuleType:
             f"ingestion on Ray needs Ray Data, which is not installed: {PIP_HINT}"
         ) from None
     return ray
+
+
+def start_local_ray(**options: Any) -> Any:
+    """Start a Ray instance on this machine for this process, reachable on 127.0.0.1 only.
+
+    On Linux, Ray's own default advertises the machine's external address and binds its servers
+    (GCS, raylet, object manager, workers) to it or to every interface; here every one of them,
+    and the dashboard if it runs, binds and advertises ``LOOPBACK``, so nothing on the network
+    can submit work to it.
+    ``options`` go to ``ray.init`` (e.g. ``num_cpus``). To use several machines, start a
+    cluster yourself (``ray start``) and connect to it (``ingest_ray(address=...)``). Another
+    process on this machine joins this Ray by its address with
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in its environment. Returns ``ray.init``'s context.
+
+    >>> start_local_ray(num_cpus=2).address_info["node_ip_address"]  # doctest: +SKIP
+    '127.0.0.1'
+    """
+    ray = import_ray()
+    from ray._private import ray_constants
+
+    # Ray's single-machine mode (its default on macOS and Windows, where its processes use the
+    # loopback address; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 asks for it on Linux too). Ray reads
+    # that variable once, when it is imported, hence the module attribute, for this start only.
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        context = ray.init(address="local", **{"dashboard_host": LOOPBACK, **options})
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    exposed = sorted({node["NodeManagerAddress"] for node in ray.nodes()} - {LOOPBACK})
+    if exposed:  # a Ray version that no longer honours the switch: stop rather than expose it
+        ray.shutdown()
+        raise RuntimeError(
+            f"this Ray ({ray.__version__}) started on {', '.join(exposed)} instead of {LOOPBACK}; "
+            "start Ray yourself (`ray start --head --node-ip-address ADDRESS`) and pass its "
+            "address (--ray ADDRESS)"
+        )
+    return context
+
+
+@contextmanager
+def _ray_session(ray: ModuleType, address: str | None) -> Iterator[None]:
+    """Ray for one run: the one this process is connected to, else a local Ray on 127.0.0.1
+    (``address=None``) or the cluster at ``address``, disconnected from at the end."""
+    if ray.is_initialized():
+        yield
+        return
+    if address is None:
+        start_local_ray()
+    else:
+        ray.init(address=address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -187,7 +241,8 @@ class _Embedder:
     def __init__(self, record: dict[str, Any], threads: int) -> None:
         import torch
 
-        from tp_rag.record import LOADING_KEYS, ConfigMismatchError, open_encoder, recorded_runtime
+        from tp_rag.errors import ConfigMismatchError
+        from tp_rag.record import LOADING_KEYS, open_encoder, recorded_runtime
 
         torch.set_num_threads(threads)
         # The driver's record of its own encoder: its loading options are the driver's choice.
@@ -200,19 +255,11 @@ class _Embedder:
                 "driver's encoder configuration: every node must see the same weights (the same "
                 f"files, or the same hub revision). {error}"
             ) from None
-        self._kill_file = os.environ.get(KILL_EMBEDDER_ENV)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(text) for text in batch["text"]]
         on = self.encoder.encode(texts, tp=True, show_progress=False)
         off = self.encoder.encode(texts, tp=False, show_progress=False)
-        if self._kill_file is not None:
-            try:
-                os.remove(self._kill_file)  # only the first actor to get here dies
-            except FileNotFoundError:
-                pass
-            else:
-                os._exit(1)
         return {**batch, "on": on, "off": off}
 
 
@@ -265,10 +312,11 @@ def ingest_ray(
     """``tp_rag.ingest.ingest`` on a Ray cluster: the same store, the same summary.
 
     ``store`` must be on a Chroma server (``connect(host=...)``). Ray is the one this process
-    is connected to, else ``ray.init(address)``: ``None`` starts or joins a local Ray,
-    ``"auto"`` or ``"ray://HOST:PORT"`` reaches an existing cluster (and is disconnected from
-    at the end). Every node must be able to read the files at their paths, load the
-    encoder's model by its name, and reach the Chroma server.
+    is connected to, else ``address``: ``None`` starts a Ray on this machine bound to
+    127.0.0.1 only (``start_local_ray``), ``"auto"`` or ``"ray://HOST:PORT"`` reaches an
+    existing cluster; a Ray connected to here is disconnected from at the end. Every node must
+    be able to read the files at their paths, load the encoder's model by its name, and reach
+    the Chroma server.
 
     ``actors`` embedding actors each take ``batch_size`` chunks at a time. With
     ``gpus_per_actor`` > 0 each actor gets that share of a GPU; otherwise each runs ``threads``
@@ -284,13 +332,7 @@ def ingest_ray(
     from tp_rag.documents import find_files
 
     started = time.perf_counter()
-    for name, value in (("actors", actors), ("batch_size", batch_size), ("writers", writers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    if not isinstance(gpus_per_actor, (int, float)) or gpus_per_actor < 0:
-        raise ValueError(f"gpus_per_actor={gpus_per_actor!r} must be >= 0")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads={threads!r} must be a positive integer")
+    _check_options(actors, batch_size, writers, gpus_per_actor, threads)
     server = _Server.of(store)
     ray = import_ray()
     chunk_size, chunk_overlap = settle_chunking(store, chunk_size, chunk_overlap)
@@ -300,68 +342,101 @@ def ingest_ray(
         progress.files_found(len(files))
     last = {source_name(path): order for order, path in enumerate(files)}
     items = [{"order": order, "path": str(files[order]), "source": s} for s, order in last.items()]
-    if not items:
-        summary.seconds = time.perf_counter() - started
-        return summary
-
-    joined = not ray.is_initialized()
-    if joined:
-        ray.init(address=address)
-    try:
-        threads = _threads_per_actor(ray, actors, gpus_per_actor, threads)
-        planned = (
-            ray.data.from_items(items)
-            .map(
-                _plan_file,
-                fn_kwargs={
-                    "tokenizer": [ray.put(store.encoder.tokenizer)],
-                    "chunk_size": chunk_size,
-                    "chunk_overlap": chunk_overlap,
-                    "server": server,
-                },
-            )
-            .materialize()  # in the object store: the driver takes only the per-file rows
-        )
-        records = sorted(planned.drop_columns(["chunks"]).take_all(), key=lambda r: r["order"])
-        _tally(records, summary, progress)
-        if any(record["missing"] for record in records):
-            from tp_rag.record import encoder_record
-
-            embedder = {"record": encoder_record(store.encoder), "threads": threads}
-            written = (
-                # Light work: no CPU reserved (the actors may hold every core), few at once.
-                planned.flat_map(_chunk_rows, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
-                .map_batches(
-                    _Embedder,
-                    fn_constructor_kwargs=embedder,
-                    batch_size=batch_size,
-                    compute=ray.data.ActorPoolStrategy(size=actors),
-                    num_cpus=threads if gpus_per_actor == 0 else 1,
-                    num_gpus=gpus_per_actor or None,
-                )
-                .map_batches(
-                    _Writer,
-                    fn_constructor_kwargs={"server": server},
-                    batch_size=None,
-                    compute=ray.data.ActorPoolStrategy(size=writers),
-                    num_cpus=0,
-                )
-            )
-            for batch in written.iter_batches(batch_size=None):  # counts only, no vectors
-                count = int(batch["chunks"].sum())
-                summary.chunks += count
-                if progress is not None:
-                    progress.chunks_written(count)
-    finally:
-        if joined:
-            ray.shutdown()
-    # Every new chunk is in both collections now: only then go the outdated ones.
-    for record in records:
-        stale = json.loads(record["stale"])
-        store.delete(stale)
-        summary.removed += len(stale)
+    if items:
+        with _ray_session(ray, address):
+            threads = _threads_per_actor(ray, actors, gpus_per_actor, threads)
+            planned = _plan(ray, items, store, server, chunk_size, chunk_overlap)
+            records = sorted(planned.drop_columns(["chunks"]).take_all(), key=lambda r: r["order"])
+            _tally(records, summary, progress)
+            if any(record["missing"] for record in records):
+                embedder = _embedder_kwargs(store, threads)
+                for count in _embed_and_write(
+                    ray, planned, server, embedder, gpus_per_actor, batch_size, actors, writers
+                ):
+                    summary.chunks += count
+                    if progress is not None:
+                        progress.chunks_written(count)
+        # Every new chunk is in both collections now: only then go the outdated ones.
+        for record in records:
+            stale = json.loads(record["stale"])
+            store.delete(stale)
+            summary.removed += len(stale)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_options(
+    actors: int, batch_size: int, writers: int, gpus_per_actor: float, threads: int | None
+) -> None:
+    """Raise ``ValueError`` for counts that cannot work, before anything starts."""
+    for name, value in (("actors", actors), ("batch_size", batch_size), ("writers", writers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if not isinstance(gpus_per_actor, (int, float)) or gpus_per_actor < 0:
+        raise ValueError(f"gpus_per_actor={gpus_per_actor!r} must be >= 0")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} must be a positive integer")
+
+
+def _plan(
+    ray: ModuleType,
+    items: list[dict[str, Any]],
+    store: TPStore,
+    server: _Server,
+    chunk_size: int,
+    chunk_overlap: int,
+) -> Any:
+    """Stages 1-2: one row per file (its chunks still to write, its outdated ids), kept in
+    Ray's object store; the driver later takes only the per-file counts."""
+    options = {
+        "tokenizer": [ray.put(store.encoder.tokenizer)],
+        "chunk_size": chunk_size,
+        "chunk_overlap": chunk_overlap,
+        "server": server,
+    }
+    return ray.data.from_items(items).map(_plan_file, fn_kwargs=options).materialize()
+
+
+def _embedder_kwargs(store: TPStore, threads: int) -> dict[str, Any]:
+    """What each embedding actor needs to load the store's encoder and check it is the same."""
+    from tp_rag.record import encoder_record
+
+    return {"record": encoder_record(store.encoder), "threads": threads}
+
+
+def _embed_and_write(
+    ray: ModuleType,
+    planned: Any,
+    server: _Server,
+    embedder: dict[str, Any],
+    gpus_per_actor: float,
+    batch_size: int,
+    actors: int,
+    writers: int,
+) -> Iterator[int]:
+    """Stages 3-4: embed the chunks still to write and upsert them; yields the chunks written
+    as each piece lands (counts only: the vectors never reach the driver)."""
+    written = (
+        # Light work: no CPU reserved (the actors may hold every core), few at once.
+        planned.flat_map(_chunk_rows, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
+        .map_batches(
+            _Embedder,
+            fn_constructor_kwargs=embedder,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=embedder["threads"] if gpus_per_actor == 0 else 1,
+            num_gpus=gpus_per_actor or None,
+        )
+        .map_batches(
+            _Writer,
+            fn_constructor_kwargs={"server": server},
+            batch_size=None,
+            compute=ray.data.ActorPoolStrategy(size=writers),
+            num_cpus=0,
+        )
+    )
+    for batch in written.iter_batches(batch_size=None):
+        yield int(batch["chunks"].sum())
 
 
 def _threads_per_actor(ray: ModuleType, actors: int, gpus: float, threads: int | None) -> int:

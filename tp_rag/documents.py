@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tp_rag.errors import DocumentError
+
 DEFAULT_CHUNK_SIZE = 256
 """Tokens per chunk: short enough for retrieval to point at a passage, long enough for context."""
 DEFAULT_CHUNK_OVERLAP = 32
@@ -47,10 +49,6 @@ _SPECIAL_FILES = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
-
-
-class DocumentError(ValueError):
-    """A file that cannot be ingested (unreadable, empty, binary or corrupt); says which and why."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from tp_rag.errors import ModelUnavailableError
 from tp_rag.prompts import PLACEHOLDER
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
@@ -105,29 +106,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-class ModelUnavailableError(OSError):
-    """A model could not be loaded (hub unreachable, unknown name, missing files).
-
-    The message says how to pass a local copy instead. ``hint`` is how the caller names a model,
-    with ``{path}`` for the folder: the Python call by default; the command line swaps in its own
-    option (``--model {path}``, ``make demo MODEL={path}``) before printing.
-    """
-
-    def __init__(self, name_or_path: str, reason: str) -> None:
-        super().__init__(name_or_path)
-        self.name_or_path = name_or_path
-        self.reason = reason
-        self.hint = "TPEncoder.from_pretrained('{path}')"
-
-    def __str__(self) -> str:
-        example = self.hint.replace("{path}", "/models/Qwen2.5-0.5B-Instruct")
-        return (
-            f"could not load model {self.name_or_path!r}: {self.reason}\n"
-            "Pass a local directory that holds the model's config.json, tokenizer and weights "
-            f"instead, e.g. {example}"
-        )
 
 
 HUB_PROBE_SECONDS = 3.0

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tp_rag.config import RUNTIME_FIELDS, TPConfig
+from tp_rag.errors import ConfigMismatchError, UntrustedConfigError
 
 if TYPE_CHECKING:
     from tp_rag.encoder import TPEncoder
@@ -64,10 +65,6 @@ _KNOWN |= set(TPConfig.field_names())
 # Models this process loaded with trust_remote_code=True by its own choice (``trust_model``):
 # records that name them may use their stored loading options here.
 _trusted_models: set[str] = set()
-
-
-class ConfigMismatchError(ValueError):
-    """A collection holds vectors of another encoder configuration than the one in use."""
 
 
 def trust_model(name_or_path: str) -> None:
@@ -174,7 +171,7 @@ def open_encoder(
     )
     unsafe = _unsafe_options(stored)
     if unsafe and not opted_in:
-        raise PermissionError(
+        raise UntrustedConfigError(
             f"the record of {_where(collection)} loads model {record['model']!r} with "
             f"{', '.join(unsafe)}; from a stored collection tp-rag accepts only "
             f"{_SAFE_DESCRIPTION}, because other loading options can run the model's own Python "

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.record import ConfigMismatchError as ConfigMismatchError  # raised by TPStore
+from tp_rag.errors import ConfigMismatchError as ConfigMismatchError  # raised by TPStore
+from tp_rag.errors import StoreBusyError, StoreUnavailableError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,14 +50,6 @@ _CHUNK_SIZE = "tp_rag_chunk_size"
 _CHUNK_OVERLAP = "tp_rag_chunk_overlap"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _NAME_MAX = 512 - len(TWIN_SUFFIX)  # Chroma's limit, minus room for the twin's suffix
-
-
-class StoreBusyError(OSError):
-    """Another process is writing to the same embedded Chroma folder."""
-
-
-class StoreUnavailableError(ConnectionError):
-    """The Chroma server cannot be reached (it is down, or stopped during the work)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tp_rag.config import hidden_states_index
 from tp_rag.datasets import RetrievalSet, StsTask
 from tp_rag.metrics import RETRIEVAL_METRICS, score_retrieval, sts_spearman, text_index
 
@@ -184,13 +185,7 @@ def tune(
             f"tp_stop candidate(s) {bad} out of range: with tp_start={config.tp_start} and "
             f"{num_layers} decoder layers, tp_stop must be in {config.tp_start + 1}..{num_layers}"
         )
-    bad = [layer for layer in layers if not -(num_layers + 1) <= layer <= num_layers]
-    if bad:
-        raise ValueError(
-            f"layer candidate(s) {bad} out of range: this model has {num_layers} decoder "
-            f"layers, so hidden_states indices run from {-(num_layers + 1)} to {num_layers}"
-        )
-    layers = sorted({layer % (num_layers + 1) for layer in layers})
+    layers = sorted({hidden_states_index(layer, num_layers, "layer candidate") for layer in layers})
     chunk = chunk_size or _chunk_size(encoder, len(layers))
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of texts")

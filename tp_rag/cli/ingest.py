@@ -158,8 +158,8 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="ADDRESS",
         help=(
-            "run on Ray: without ADDRESS start or join a local Ray; 'auto' or ray://HOST:PORT "
-            "for a cluster (put --ray after the paths)"
+            "run on Ray: without ADDRESS start a local Ray on 127.0.0.1 only; 'auto' or "
+            "ray://HOST:PORT for a cluster (put --ray after the paths)"
         ),
     )
     group.add_argument("--ray-address", dest="ray", metavar="ADDRESS", help="same as --ray ADDRESS")

@@ -7,11 +7,11 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, PrivateAttr
 
-from tp_rag.adapters import load_encoder, settings_model
+from tp_rag.adapters import TPSettings, load_encoder
 from tp_rag.encoder import TPEncoder
 
 
-class TPEmbeddings(settings_model(), Embeddings):  # type: ignore[misc]
+class TPEmbeddings(TPSettings, Embeddings):
     """Training-free sentence embeddings from a decoder-only LLM with Token Prepending.
 
     The fields are ``TPEncoder.from_pretrained``'s: ``model``, the ``TPConfig`` settings (left at
@@ -32,13 +32,9 @@ class TPEmbeddings(settings_model(), Embeddings):  # type: ignore[misc]
             query = embeddings.embed_query("Who plays music?")
     """
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,  # the encoder is built from the fields once; changing them later would lie
-        populate_by_name=True,
-        protected_namespaces=(),
-        use_attribute_docstrings=True,
-    )
+    # TPSettings' configuration (extra="forbid", ...), and: the encoder is built from the fields
+    # once, so changing them later would lie.
+    model_config = ConfigDict(frozen=True)
 
     show_progress: bool | None = None
     """Progress bar while embedding; ``None`` shows one for long jobs only."""
@@ -63,4 +59,9 @@ class TPEmbeddings(settings_model(), Embeddings):  # type: ignore[misc]
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with ``query_prompt`` (or ``prompt`` when none is set)."""
+        if not isinstance(text, str):  # a list would come back as a list of vectors
+            raise TypeError(
+                f"embed_query takes one string, not {type(text).__name__}; for several texts "
+                "use embed_documents"
+            )
         return self._encoder.encode(text, prompt=self.query_prompt, show_progress=False).tolist()

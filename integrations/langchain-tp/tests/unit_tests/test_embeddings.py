@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -170,6 +171,15 @@ def test_embed_documents_refuses_a_single_string(embeddings: TPEmbeddings) -> No
     """A bare string is not split into characters or embedded as one vector by mistake."""
     with pytest.raises(TypeError, match="embed_query"):
         embeddings.embed_documents("A man is playing a guitar.")  # type: ignore[arg-type]
+
+
+def test_embed_query_refuses_a_list(embeddings: TPEmbeddings) -> None:
+    """``embed_query(["a"])`` is a TypeError that points at embed_documents (sync and async),
+    as in the LlamaIndex adapter, not a list of vectors where one vector is promised."""
+    with pytest.raises(TypeError, match=r"takes one string, not list.*embed_documents"):
+        embeddings.embed_query(["a"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes one string, not list"):
+        asyncio.run(embeddings.aembed_query(["a"]))  # type: ignore[arg-type]
 
 
 def test_embed_query_falls_back_to_the_document_prompt(embeddings: TPEmbeddings) -> None:

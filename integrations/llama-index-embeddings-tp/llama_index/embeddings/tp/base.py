@@ -8,12 +8,12 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from tp_rag.adapters import load_encoder, settings_model
+from tp_rag.adapters import EncoderSettings, load_encoder
 from tp_rag.config import TPConfig
 from tp_rag.encoder import TPEncoder
 
 
-class TPEmbedding(settings_model(exclude=("batch_size",)), BaseEmbedding):  # type: ignore[misc]
+class TPEmbedding(EncoderSettings, BaseEmbedding):
     """Training-free sentence embeddings from a decoder-only LLM with Token Prepending.
 
     The fields are ``TPEncoder.from_pretrained``'s: ``model_name`` (or ``model``, or the first
