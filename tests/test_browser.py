@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tp_rag import TPEncoder
-from tp_rag.cli.demo import load_demo_module
+from tp_rag.demo import app as demo_app
 from tp_rag.store import connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def url(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app_module = load_demo_module()
+    app_module = demo_app
     encoder = TPEncoder.from_pretrained(tiny_llama, device="cpu")
     demo = app_module.Demo(encoder, connect(tmp_path_factory.mktemp("browser") / "db"))
     app = app_module.build_app(demo)

@@ -206,9 +206,9 @@ def test_cli_eval_caches_unless_told_not_to(
 
 @pytest.fixture(scope="module")
 def app_module() -> ModuleType:
-    from tp_rag.cli.demo import load_demo_module
+    from tp_rag.demo import app
 
-    return load_demo_module()
+    return app
 
 
 def test_demo_evaluate_after_ingest_embeds_only_the_queries(

@@ -1,4 +1,4 @@
-"""The Gradio demo (demo/app.py): its handlers called directly, and the served app driven
+"""The Gradio demo (tp_rag/demo/app.py): its handlers called directly, and the served app driven
 through gradio_client."""
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import httpx
 import pytest
 import servers
 
+import tp_rag
 from tp_rag import TPEncoder
 from tp_rag.cli import build_parser
-from tp_rag.cli.demo import demo_directory, load_demo_module, server_address
+from tp_rag.cli.demo import server_address
+from tp_rag.cli.display import describe_change
+from tp_rag.demo import app as demo_app
 from tp_rag.datasets import read_labelled_documents, relevant_only
-from tp_rag.store import connect, describe_change
+from tp_rag.store import connect
 
 COLUMNS = ["#", "similarity", "vs other", "source", "snippet"]
 
@@ -32,7 +35,7 @@ FILES = {
 
 @pytest.fixture(scope="module")
 def app_module() -> ModuleType:
-    return load_demo_module()
+    return demo_app
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,11 @@ EXACT_QRELS = "q1\td2\t1\nq2\td5\t2\n"
 
 
 def test_demo_locates_its_folder_and_sample_corpus(app_module: ModuleType) -> None:
-    """`tp-rag demo` finds demo/app.py; the bundled sample has a few dozen documents and a
-    dozen labelled queries, every label pointing at a real document."""
-    assert demo_directory() == Path(app_module.__file__).parent
+    """The demo is a module of the package and its sample corpus package data beside it; the
+    sample has a few dozen documents and a dozen labelled queries, every label pointing at a
+    real document."""
+    package = Path(tp_rag.__file__).parent
+    assert Path(app_module.__file__).parent == package / "demo" == app_module.SAMPLE.parent
     sample = read_labelled_documents(app_module.SAMPLE)
     assert 24 <= len(sample.documents) <= 48
     assert 10 <= len(sample.queries) <= 16

@@ -1,0 +1,49 @@
+"""Text shown to people by the command line and the demo: rank-change labels and short paths.
+
+Both top layers (``tp_rag.cli`` and ``tp_rag.demo``) show search results side by side; the
+library's ``Hit`` carries only what was found, and how it is labelled lives here.
+
+>>> describe_change(2, "TP on"), describe_change(None, "TP off")
+('▲2', 'only TP off')
+>>> short_path("/home/me/notes/2024/glaciers.txt", 20)
+'…/2024/glaciers.txt'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tp_rag.store import Hit
+
+
+def rank_change(hit: Hit, other: Sequence[Hit]) -> int | None:
+    """How many places higher ``hit`` ranks than the same chunk in ``other`` (negative: lower);
+    ``None`` when ``other`` does not have it."""
+    for candidate in other:
+        if candidate.id == hit.id:
+            return candidate.rank - hit.rank
+    return None
+
+
+def describe_change(change: int | None, side: str) -> str:
+    """``rank_change`` as a short label: ``only TP on``, ``=``, ``▲2`` or ``▼1``."""
+    if change is None:
+        return f"only {side}"
+    if change == 0:
+        return "="
+    return f"▲{change}" if change > 0 else f"▼{-change}"
+
+
+def short_path(path: str, width: int) -> str:
+    """``path`` in at most ``width`` characters, cut from the left so the file name stays:
+    whole folders are dropped first, then the name itself is cut from its left."""
+    if len(path) <= width:
+        return path
+    parts = path.replace("\\", "/").split("/")
+    for first in range(1, len(parts)):
+        candidate = "…/" + "/".join(parts[first:])
+        if len(candidate) <= width:
+            return candidate
+    return "…" + path[len(path) - max(width - 1, 1) :]
