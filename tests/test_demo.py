@@ -21,8 +21,8 @@ from tp_rag import TPEncoder
 from tp_rag.cli import build_parser
 from tp_rag.cli.demo import server_address
 from tp_rag.cli.display import describe_change
-from tp_rag.demo import app as demo_app
 from tp_rag.datasets import read_labelled_documents, relevant_only
+from tp_rag.demo import app as demo_app
 from tp_rag.store import connect
 
 COLUMNS = ["#", "similarity", "vs other", "source", "snippet"]
@@ -116,7 +116,8 @@ def test_compare_handler_gives_two_marked_columns(demo: Any, uploads: list[Path]
     on, off, note = demo.compare(FILES["comets.txt"], k=5)
     assert list(on.columns) == list(off.columns) == COLUMNS
     assert on["source"][0] == off["source"][0] == "comets.txt #0"
-    assert on["similarity"][0] == pytest.approx(1.0, abs=1e-3)
+    assert float(on["similarity"][0]) == pytest.approx(1.0, abs=1e-3)
+    assert all(re.fullmatch(r"-?\d\.\d{4}", value) for value in on["similarity"])  # aligned
     assert list(on["#"]) == list(range(1, len(on) + 1))
     for table, other, side in ((on, off, "TP on"), (off, on, "TP off")):
         ranks = dict(zip(other["source"], other["#"], strict=True))
@@ -148,7 +149,8 @@ def test_evaluate_handler_on_the_sample_set(demo: Any) -> None:
     table, chart, note = demo.evaluate()
     assert list(table["metric"]) == ["nDCG@10", "Recall@10", "MRR@10"]
     for column in ("TP on", "TP off"):
-        assert all(0.0 <= value <= 1.0 for value in table[column])
+        assert all(0.0 <= float(value) <= 1.0 for value in table[column])
+        assert all(re.fullmatch(r"\d\.\d{4}", value) for value in table[column])  # aligned
     assert len(chart) == 6 and set(chart["setting"]) == {"TP on", "TP off"}
     assert "13 queries over 32 documents" in note
 
@@ -168,7 +170,7 @@ def test_evaluate_an_uploaded_beir_zip_and_loose_files(
     loose = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
     for upload in ([archive], loose):
         table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(p) for p in upload])
-        assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+        assert table[["TP on", "TP off"]].astype(float).to_numpy().tolist() == [[1.0, 1.0]] * 3
         assert "2 queries over 8 documents" in note
 
 
@@ -181,7 +183,7 @@ def test_evaluate_averages_over_queries_with_a_relevant_document(
     queries = {**EXACT_QUERIES, "q3": "A question nothing answers."}
     write_beir(folder, EXACT_CORPUS, queries, EXACT_QRELS + "q3\td1\t0\n")
     table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(folder)])
-    assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+    assert table[["TP on", "TP off"]].astype(float).to_numpy().tolist() == [[1.0, 1.0]] * 3
     assert "2 queries over 8 documents" in note
     (folder / "qrels" / "test.tsv").write_text("q1\td2\t0\nq2\td5\t-1\n")
     with pytest.raises(ValueError, match="no query has a positive relevance label"):

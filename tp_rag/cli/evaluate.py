@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tp_rag.cache import EmbeddingCache, default_cache_dir
 from tp_rag.cli.options import add_encoder_options, console, encoder_from_args, note
@@ -22,6 +23,9 @@ from tp_rag.evaluation import (
 )
 from tp_rag.metrics import RETRIEVAL_METRICS
 from tp_rag.progress import Estimate
+
+if TYPE_CHECKING:
+    from tp_rag.datasets import RetrievalSet
 
 
 class LineNotes:
@@ -182,13 +186,26 @@ def run_eval_sts(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_retrieval_data(path: str, split: str) -> RetrievalSet:
+    """What ``--data`` of ``eval retrieval`` names: a BEIR folder, a folder of labelled
+    documents (``docs/`` in place of ``corpus.jsonl``, as the demo's sample), or ``sample``,
+    the bundled sample set the demo evaluates."""
+    from tp_rag.datasets import read_beir, read_labelled_documents
+    from tp_rag.demo import SAMPLE
+
+    folder = Path(path)
+    if path == "sample" and not folder.exists():
+        folder = SAMPLE
+    if not (folder / "corpus.jsonl").exists() and (folder / "docs").is_dir():
+        return read_labelled_documents(folder, split)
+    return read_beir(folder, split)
+
+
 def run_eval_retrieval(args: argparse.Namespace) -> int:
     """``tp-rag eval retrieval``: score the columns on one BEIR split."""
-    from tp_rag.datasets import read_beir
-
     if len(args.data) != 1:
         raise ValueError("retrieval takes one --data folder (a BEIR collection)")
-    data = read_beir(args.data[0], args.split)
+    data = read_retrieval_data(args.data[0], args.split)
     report = evaluate_retrieval(_systems(args), data, progress=LineNotes())
     report["split"] = args.split
     console().print(retrieval_table(report))
@@ -257,7 +274,14 @@ def register(subparsers: Any) -> None:
         description="Exact cosine search over a BEIR collection (title + ' ' + text), TP on "
         "and off, scored by pytrec_eval.",
     )
-    retrieval.add_argument("--data", nargs=1, required=True, metavar="BEIR_DIR")
+    retrieval.add_argument(
+        "--data",
+        nargs=1,
+        required=True,
+        metavar="BEIR_DIR",
+        help="a BEIR folder, a folder with docs/ in place of corpus.jsonl, or 'sample' (the "
+        "demo's bundled set: 32 documents, 13 queries)",
+    )
     retrieval.add_argument("--split", default="test", help="qrels/<split>.tsv (default: test)")
     add_eval_options(retrieval)
     retrieval.set_defaults(func=run_eval_retrieval)

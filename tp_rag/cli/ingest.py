@@ -113,14 +113,14 @@ class LineProgress(IngestCounts):
             self._say(f"chunks written: {self.written}/{self.total}")
 
 
-def check_paths(paths: Sequence[str]) -> None:
+def check_paths(paths: Sequence[str], *, prune: bool = False) -> None:
     """Refuse a named path that does not exist, whichever its position, before anything is
     written (``tp-rag`` exits 2)."""
     missing = [path for path in paths if not Path(path).exists()]
     if missing:
+        undone = "nothing ingested, nothing pruned" if prune else "nothing ingested"
         raise FileNotFoundError(
-            f"{', '.join(missing)}: no such file or folder; nothing ingested (is the path "
-            "mistyped?)"
+            f"{', '.join(missing)}: no such file or folder; {undone} (is the path mistyped?)"
         )
 
 
@@ -135,7 +135,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise ValueError("--dry-run goes with --prune: it lists what --prune would remove")
     if args.ray is not None:
         _check_ray_options(args)
-    check_paths(args.paths)
+    check_paths(args.paths, prune=args.prune)
     store = open_store(args, create=True)
     if args.prune and args.dry_run:
         _print_pruned(out, prune(args.paths, store, dry_run=True))
