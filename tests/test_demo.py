@@ -282,6 +282,80 @@ def test_tp_rag_demo_command_serves_the_app(
         assert "Collection `docs` holds **2** chunks" in status
 
 
+def test_the_running_demo_is_the_folders_only_writer(
+    tmp_path: Path, tiny_llama: Path, uploads: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While `tp-rag demo --db DIR` runs, `tp-rag ingest` into DIR is refused (exit 2) with the
+    advice to use a Chroma server, since the demo would never see its chunks; the demo's own
+    ingest still writes."""
+    from gradio_client import Client, handle_file
+
+    from tp_rag.cli import main
+
+    db = tmp_path / "db"
+    port = servers.free_port()
+    args = ["--db", str(db), "--model", str(tiny_llama), "--device", "cpu", "--port", str(port)]
+    with servers.demo(args, port) as url:
+        ingest_args = ["ingest", str(uploads[0]), "--collection", "docs", "--db", str(db)]
+        assert main([*ingest_args, "--model", str(tiny_llama), "--device", "cpu"]) == 2
+        error = capsys.readouterr().err
+        assert f"writing to {db}" in error and "Chroma server" in error
+        report = Client(url, verbose=False).predict(
+            [handle_file(str(uploads[1]))], api_name="/ingest"
+        )
+        assert "1 file (1 new or changed" in report
+
+
+def test_a_second_ingest_of_removed_uploads_asks_for_new_ones(
+    demo: Any, uploads: list[Path]
+) -> None:
+    """Uploads are deleted once ingested; pressing Ingest again with the old list (files that
+    are gone) asks for a new upload instead of failing on a missing file, and files that are
+    still there are ingested."""
+    paths = [str(p) for p in uploads]
+    demo.ingest_files(paths)
+    for path in uploads:
+        path.unlink()
+    with pytest.raises(ValueError, match=r"uploaded files are gone.*upload them again"):
+        demo.ingest_files(paths)
+    fresh = uploads[0].parent / "fresh.txt"
+    fresh.write_text("Tides follow the Moon.", encoding="utf-8")
+    assert "1 file (1 new or changed" in demo.ingest_files([*paths, str(fresh)])
+
+
+def test_any_broken_beir_upload_is_a_not_done_message(
+    app_module: ModuleType, demo: Any, tmp_path: Path
+) -> None:
+    """A qrels score too large for any relevance label and a corpus line of 100,000 nested
+    `[` are explained as problems of the upload (ValueError, shown as "Not done"), not raised
+    as a raw SystemError or RecursionError."""
+    huge = tmp_path / "huge"
+    write_beir(huge, EXACT_CORPUS, EXACT_QUERIES, "q1\td2\t99999999999999999999\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:2: score 99999999999999999999 is out of"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(huge)])
+    nested = tmp_path / "nested"
+    write_beir(nested, EXACT_CORPUS, EXACT_QUERIES, EXACT_QRELS)
+    with open(nested / "corpus.jsonl", "a", encoding="utf-8") as out:
+        out.write("[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"corpus\.jsonl:9: not valid JSON"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(nested)])
+
+
+def test_sample_queries_only_for_the_sample(
+    app_module: ModuleType, encoder: TPEncoder, uploads: list[Path], tmp_path: Path
+) -> None:
+    """The sample's queries are offered as examples for an empty collection or one holding
+    the sample corpus, not for a collection of other documents."""
+    client = connect(tmp_path / "db")
+    mine = app_module.Demo(encoder, client, collection="mine")
+    assert len(mine.sample_queries()) == 13  # empty: the sample is what it suggests loading
+    mine.ingest_files([str(p) for p in uploads])
+    assert mine.sample_queries() == []
+    sample = app_module.Demo(encoder, client, collection="sample")
+    sample.ingest_sample()
+    assert len(sample.sample_queries()) == 13
+
+
 def test_uploads_are_deleted_once_processed(
     served: tuple[str, Any], uploads: list[Path], tmp_path: Path
 ) -> None:
