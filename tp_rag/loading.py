@@ -7,6 +7,8 @@ weak references, so a model is freed when the last encoder using it is gone.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -14,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +98,7 @@ class ModelUnavailableError(OSError):
         super().__init__(name_or_path)
         self.name_or_path = name_or_path
         self.reason = reason
-        self.hint = "TPEncoder.from_pretrained('{path}')"
+        self.hint = _model_hint.get()
 
     def __str__(self) -> str:
         example = self.hint.replace("{path}", "/models/Qwen2.5-0.5B-Instruct")
@@ -105,6 +107,36 @@ class ModelUnavailableError(OSError):
             "Pass a local directory that holds the model's config.json, tokenizer and weights "
             f"instead, e.g. {example}"
         )
+
+
+_model_hint: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "tp_rag_model_hint", default="TPEncoder.from_pretrained('{path}')"
+)
+
+
+@contextlib.contextmanager
+def model_hint(hint: str) -> Iterator[None]:
+    """Name the model the caller's way in a ``ModelUnavailableError`` raised inside: ``hint``
+    with ``{path}`` for the folder (an adapter: ``TPEmbeddings(model='{path}')``).
+
+    >>> with model_hint("TPEmbeddings(model='{path}')"):  # doctest: +SKIP
+    ...     encoder = load_encoder(model)
+    """
+    token = _model_hint.set(hint)
+    try:
+        yield
+    finally:
+        _model_hint.reset(token)
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a folder rather than a hub model: absolute, starting with
+    ``./``, ``../`` or ``~``, or holding the OS separator below a folder that exists (a hub
+    name ``org/model`` has no such folder ``org``)."""
+    if name_or_path.startswith(("~", "./", "../", ".\\", "..\\")):
+        return True
+    path = Path(name_or_path)
+    return path.is_absolute() or (os.sep in name_or_path and path.parent.is_dir())
 
 
 HUB_PROBE_SECONDS = 3.0
@@ -134,9 +166,22 @@ def _hub_options(name_or_path: str) -> dict[str, Any]:
     is used if it has the model, and otherwise the load fails at once."""
     from huggingface_hub import constants
 
-    if Path(name_or_path).expanduser().is_dir() or constants.HF_HUB_OFFLINE:
+    local = Path(name_or_path).expanduser()
+    if not local.is_dir() and looks_like_path(name_or_path):
+        raise ModelUnavailableError(name_or_path, f"no such model directory: {local.absolute()}")
+    if local.is_dir() or constants.HF_HUB_OFFLINE:
         return {}
     return {} if _hub_reachable() else {"local_files_only": True}
+
+
+def hub_options(name_or_path: str) -> dict[str, Any]:
+    """The hub options any loader of ``name_or_path`` should pass (``local_files_only=True``
+    when the hub cannot be reached), after refusing a path-like name that does not exist;
+    for models loaded by other libraries (sentence-transformers baselines).
+
+    >>> SentenceTransformer(name, **hub_options(name))  # doctest: +SKIP
+    """
+    return _hub_options(name_or_path)
 
 
 def _unavailable(name_or_path: str, options: dict[str, Any], error: Exception) -> OSError:

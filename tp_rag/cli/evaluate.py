@@ -121,7 +121,10 @@ def _systems(args: argparse.Namespace) -> list[System]:
         note(repr(encoder))
         systems += tp_systems(encoder, cache=_cache(args))
     for spec in args.baseline:
-        systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
+        try:
+            systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
+        except OSError as error:  # its message names --baseline; the CLI's --model hint does not
+            raise OSError(str(error)) from error
     if not systems:
         raise ValueError("--no-tp leaves nothing to evaluate; add --baseline")
     return systems

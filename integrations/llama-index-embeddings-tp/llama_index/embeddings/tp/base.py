@@ -11,6 +11,7 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from tp_rag.adapters import load_encoder, settings_model
 from tp_rag.config import TPConfig
 from tp_rag.encoder import TPEncoder
+from tp_rag.loading import model_hint
 
 
 class TPEmbedding(settings_model(exclude=("batch_size",)), BaseEmbedding):  # type: ignore[misc]
@@ -55,7 +56,8 @@ class TPEmbedding(settings_model(exclude=("batch_size",)), BaseEmbedding):  # ty
             kwargs["model_name"] = model_name
         super().__init__(**kwargs)
         settings = {**self.encoder_settings(), "batch_size": self.embed_batch_size}
-        self._encoder = load_encoder(self.model_name, **settings)
+        with model_hint("TPEmbedding(model_name='{path}')"):  # the model-unavailable error's hint
+            self._encoder = load_encoder(self.model_name, **settings)
 
     @classmethod
     def class_name(cls) -> str:
