@@ -17,6 +17,11 @@ from typing import Literal
 
 from tqdm import tqdm
 
+BEAT_SECONDS = 5.0
+"""How often a ``Heartbeat`` wakes up (by default)."""
+QUIET_SECONDS = 30.0
+"""The longest a long command stays silent in a log: a heartbeat line says how far it is."""
+
 IngestEvent = Literal["files_found", "file_read", "chunks_embedded", "chunks_written"]
 """What changed in an ``IngestCounts``: the ``IngestProgress`` callback that was called."""
 
@@ -78,9 +83,9 @@ class Heartbeat:
     ...     slow_step()
     """
 
-    def __init__(self, beat: Callable[[], None], every: float = 10.0) -> None:
+    def __init__(self, beat: Callable[[], None], every: float | None = None) -> None:
         self._beat = beat
-        self._every = every
+        self._every = BEAT_SECONDS if every is None else every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -1,4 +1,5 @@
-"""Text shown to people by the command line and the demo: rank-change labels and short paths.
+"""Text shown to people by the command line and the demo: rank-change labels, short paths and
+the model-loading line.
 
 Both top layers (``tp_rag.cli`` and ``tp_rag.demo``) show search results side by side; the
 library's ``Hit`` carries only what was found, and how it is labelled lives here.
@@ -11,8 +12,11 @@ library's ``Hit`` carries only what was found, and how it is labelled lives here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import contextlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tp_rag.store import Hit
@@ -47,3 +51,25 @@ def short_path(path: str, width: int) -> str:
         if len(candidate) <= width:
             return candidate
     return "…" + path[len(path) - max(width - 1, 1) :]
+
+
+@contextlib.contextmanager
+def loading_line(model: str, *, verbose: bool = False, stream: Any = None) -> Iterator[None]:
+    """One line of ours for a model load, ``loading MODEL … done in 6.1 s`` on stderr, instead
+    of transformers' own "Loading weights" bar (kept with ``verbose=True``)."""
+    from transformers.utils import logging as hf_logging
+
+    stream = stream or sys.stderr
+    print(f"loading {model} …", end="", file=stream, flush=True)
+    started = time.monotonic()
+    bars = hf_logging.is_progress_bar_enabled()
+    if bars and not verbose:
+        hf_logging.disable_progress_bar()
+    outcome = "failed"
+    try:
+        yield
+        outcome = "done"
+    finally:
+        if bars and not verbose:
+            hf_logging.enable_progress_bar()
+        print(f" {outcome} in {time.monotonic() - started:.1f} s", file=stream, flush=True)

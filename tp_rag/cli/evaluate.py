@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tp_rag import progress
 from tp_rag.cache import EmbeddingCache, default_cache_dir
 from tp_rag.cli.options import add_encoder_options, console, encoder_from_args, note
 from tp_rag.config import DEFAULT_MODEL
@@ -22,7 +23,7 @@ from tp_rag.evaluation import (
     write_json,
 )
 from tp_rag.metrics import RETRIEVAL_METRICS
-from tp_rag.progress import Estimate
+from tp_rag.progress import Estimate, Heartbeat
 
 if TYPE_CHECKING:
     from tp_rag.datasets import RetrievalSet
@@ -30,20 +31,41 @@ if TYPE_CHECKING:
 
 class LineNotes:
     """``EvalProgress`` as stderr lines: texts embedded out of the total with an estimate of the
-    time left, when a column moves to another set of texts and at least every ``every`` s."""
+    time left, when a column moves to another set of texts and at least every ``every`` s; and,
+    through ``beat`` (a ``Heartbeat``), a line at least every ``quiet`` s while a slice of texts
+    takes long (the first one on a CPU can take minutes)."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(self, every: float = 10.0, quiet: float | None = None) -> None:
         self._what = ""
         self._every = every
-        self._said = 0.0
+        self._quiet = progress.QUIET_SECONDS if quiet is None else quiet
+        self._said = time.monotonic()
         self._estimate = Estimate("texts")
+
+    def _say(self, line: str) -> None:
+        self._said = time.monotonic()
+        note(line)
+
+    def start(self, line: str, total: int = 0) -> None:
+        """Say what the command is about to do (``total`` texts, if known), and start the
+        clock of the estimate."""
+        self._estimate = Estimate("texts")
+        self._estimate.update(0, total)
+        self._say(line)
+
+    def beat(self) -> None:
+        """Say how far it is when nothing was said for ``quiet`` seconds."""
+        if time.monotonic() - self._said >= self._quiet:
+            what = f"embedding {self._what}" if self._what else "embedding"
+            counts = str(self._estimate) if self._estimate.total else self._estimate.timing()
+            self._say(f"{what}: {counts}")
 
     def __call__(self, done: int, total: int, what: str) -> None:
         self._estimate.update(done, total)
         now = time.monotonic()
         if what != self._what or now - self._said >= self._every or done >= total:
-            self._what, self._said = what, now
-            note(f"embedding {what}: {self._estimate}")
+            self._what = what
+            self._say(f"embedding {what}: {self._estimate}")
 
 
 def sts_table(report: dict[str, Any]) -> Any:
@@ -130,6 +152,10 @@ def _systems(args: argparse.Namespace) -> list[System]:
     return systems
 
 
+def _columns(systems: list[System]) -> str:
+    return ", ".join(system.name for system in systems)
+
+
 _PAPER_SETTINGS = ("preset", "prompt", "tp_start", "tp_stop", "output_layer", "pooling")
 
 
@@ -171,7 +197,12 @@ def run_eval_sts(args: argparse.Namespace) -> int:
         _paper_notes(args)
     else:
         tasks = [read_sts(path) for path in args.data]
-    report = evaluate_sts(_systems(args), tasks, progress=LineNotes())
+    systems = _systems(args)
+    notes = LineNotes()
+    pairs = sum(len(task) for task in tasks)
+    notes.start(f"embedding the sentences of {pairs} pairs with {_columns(systems)}")
+    with Heartbeat(notes.beat):
+        report = evaluate_sts(systems, tasks, progress=notes)
     out = console()
     if args.paper:
         report["paper"] = paper_summary(report, missing)
@@ -209,7 +240,15 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     if len(args.data) != 1:
         raise ValueError("retrieval takes one --data folder (a BEIR collection)")
     data = read_retrieval_data(args.data[0], args.split)
-    report = evaluate_retrieval(_systems(args), data, progress=LineNotes())
+    systems = _systems(args)
+    notes = LineNotes()
+    notes.start(
+        f"embedding {len(data.documents)} documents and {len(data.queries)} queries with "
+        f"{_columns(systems)}",
+        total=(len(data.documents) + len(data.queries)) * len(systems),
+    )
+    with Heartbeat(notes.beat):
+        report = evaluate_retrieval(systems, data, progress=notes)
     report["split"] = args.split
     console().print(retrieval_table(report))
     if args.json:

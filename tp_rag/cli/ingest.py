@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tp_rag import progress
 from tp_rag.cli.display import describe_change, rank_change, short_path
 from tp_rag.cli.options import add_store_options, open_store
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
@@ -79,10 +80,10 @@ class LineProgress(IngestCounts):
     embedded with TP on and off after every batch, with an estimate of the time left; between
     batches, a line at least every ``every`` seconds (``beat``)."""
 
-    def __init__(self, stream: Any, every: float = 30.0) -> None:
+    def __init__(self, stream: Any, every: float | None = None) -> None:
         super().__init__()
         self._stream = stream
-        self._every = every
+        self._every = progress.QUIET_SECONDS if every is None else every
         self._said = time.monotonic()
 
     def __enter__(self) -> LineProgress:
@@ -146,7 +147,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         summary = _ingest_on_ray(args, store, err)
     else:
         bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
-        with bars, Heartbeat(bars.beat, every=5.0):
+        with bars, Heartbeat(bars.beat):
             summary = ingest(
                 args.paths,
                 store,

@@ -75,6 +75,11 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the model repository's own Python code (off by default)",
     )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show transformers' own loading bars instead of one 'loading MODEL' line",
+    )
 
 
 def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
@@ -87,9 +92,12 @@ def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
         if getattr(args, name, None) is not None
     }
     settings.update(overrides)
-    return TPEncoder.from_pretrained(
-        args.model, preset=args.preset, trust_remote_code=args.trust_remote_code, **settings
-    )
+    from tp_rag.cli.display import loading_line
+
+    with loading_line(args.model or DEFAULT_MODEL, verbose=getattr(args, "verbose", False)):
+        return TPEncoder.from_pretrained(
+            args.model, preset=args.preset, trust_remote_code=args.trust_remote_code, **settings
+        )
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, default_db: str | None) -> None:
