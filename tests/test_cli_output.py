@@ -134,3 +134,37 @@ def test_eval_retrieval_on_the_bundled_sample(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "13 queries" in out and "32 documents" in out
+
+
+def render(renderable: object, width: int) -> str:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False).print(renderable)
+    return out.getvalue()
+
+
+def test_tune_grid_reads_at_80_columns() -> None:
+    """A Qwen-sized search (9 tp_stops x 24 layers) fits 80 columns with no cell cut to `…`:
+    every layer is a row, the best cell is marked, and the caption says how many tp_stop
+    columns are left out and where the full grid is."""
+    import numpy as np
+
+    from tp_rag.cli.tune import grid_table
+    from tp_rag.tuning import TuneResult
+
+    rng = np.random.default_rng(0)
+    stops, layers = tuple(range(2, 11)), tuple(range(1, 25))
+    grid = rng.uniform(0.2, 0.5, (len(stops), len(layers)))
+    grid[5, 7] = 0.9  # the best cell: tp_stop 7, layer 8
+    result = TuneResult("nDCG@10", 1, stops, layers, grid, rng.uniform(0.1, 0.3, len(layers)))
+    text = render(grid_table(result, width=80, output="tuned.json"), 80)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in text
+    assert "0.900*" in text and "stop 7" in text
+    assert sum(1 for line in lines if line.strip().startswith("│") or "│" in line) >= 24
+    assert "not shown: all in tuned.json (grid)" in " ".join(text.split())
+    wide = render(grid_table(result, width=200), 200)
+    assert all(f"stop {stop}" in wide for stop in stops) and "not shown" not in wide

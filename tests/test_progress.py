@@ -124,3 +124,38 @@ def test_estimate_without_a_rate_gives_no_time_left() -> None:
     estimate = Estimate("texts")
     estimate.update(0, 10)
     assert str(estimate).startswith("0/10 texts, 00:00 so far") and "left" not in str(estimate)
+
+
+def test_terminal_bars_show_our_time_left_on_the_chunk_bars_only() -> None:
+    """On a terminal, the TP bars show the time left from chunks per second once a batch is
+    done; the files bar, which ends long before the embedding, shows none."""
+    import io
+
+    from rich.console import Console
+
+    from tp_rag.cli.ingest import BarProgress
+
+    out = io.StringIO()
+    bars = BarProgress(Console(file=out, width=150, force_terminal=True))
+    bars.files_found(2)
+    bars.file_read("a.txt", 4)
+    bars.file_read("b.txt", 4)
+    table = bars._progress.make_tasks_table(bars._progress.tasks)  # what the bars render now
+    assert "left" not in render(table)
+    bars.chunks_embedded(4, True)
+    rows = render(bars._progress.make_tasks_table(bars._progress.tasks)).splitlines()
+    files, on, off = (
+        next(r for r in rows if r.startswith(name)) for name in ("files", "TP on", "TP off")
+    )
+    assert "left" not in files and "-:--:--" not in files
+    assert "about" in on and on.rstrip().endswith("left") and "about" in off
+
+
+def render(renderable: object) -> str:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=150, force_terminal=False).print(renderable)
+    return out.getvalue()
