@@ -196,3 +196,60 @@ def test_a_first_visit_explains_itself_and_survives_bad_input(
     _shoot(page, tmp_path, f"{width}-5-evaluate-no-upload")
     assert errors == []
     page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_a_second_ingest_and_fresh_results_without_a_stale_warning(
+    url: str, browser: Any, tmp_path: Path, width: int
+) -> None:
+    """In Chromium at 1400 and 800 px: after an ingest the upload list is empty (its files are
+    deleted), so pressing Ingest again asks for files instead of failing on a deleted upload,
+    and a new upload is ingested alone; a warning from a bad search does not stay over the
+    fresh results of the next one."""
+    from playwright.sync_api import expect
+
+    first, second = tmp_path / f"tides-{width}.txt", tmp_path / f"winds-{width}.md"
+    first.write_text("Tides rise and fall twice a day with the Moon.", encoding="utf-8")
+    second.write_text("Trade winds blow steadily toward the equator.", encoding="utf-8")
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    status = page.locator("#ingest-status")
+    expect(status).to_contain_text("embedded with TP on", timeout=30_000)
+
+    upload = page.locator("#upload")
+    page.locator("#upload input[type=file]").set_input_files(str(first))
+    expect(upload).to_contain_text(f"tides-{width}", timeout=30_000)
+    page.locator("#ingest").click()
+    expect(status).to_contain_text("1 file (1 new or changed", timeout=60_000)
+    expect(upload).not_to_contain_text(f"tides-{width}", timeout=30_000)  # the list is cleared
+    _shoot(page, tmp_path, f"{width}-6-after-ingest")
+
+    page.locator("#ingest").click()  # again, with nothing uploaded
+    expect(status).to_contain_text("Not done: no files to ingest", timeout=30_000)
+    expect(status).not_to_contain_text("Errno")
+    page.locator("#upload input[type=file]").set_input_files(str(second))
+    expect(upload).to_contain_text(f"winds-{width}", timeout=30_000)
+    expect(upload).not_to_contain_text(f"tides-{width}")
+    page.locator("#ingest").click()
+    expect(status).to_contain_text("1 file (1 new or changed", timeout=60_000)
+    expect(status).not_to_contain_text("Not done")
+    _shoot(page, tmp_path, f"{width}-7-second-ingest")
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#query textarea").fill("   ")
+    page.locator("#search").click()
+    expect(page.locator("#compare-status")).to_contain_text("Not done", timeout=30_000)
+    toasts = page.locator(".toast-body")
+    expect(toasts).to_have_count(1, timeout=10_000)  # the warning shows
+    _shoot(page, tmp_path, f"{width}-8-warning")
+    page.locator("#query textarea").fill(first.read_text(encoding="utf-8"))  # tops both sides
+    page.locator("#search").click()
+    expect(toasts).to_have_count(0, timeout=2_000)  # closed at the click, not 10 s later
+    expect(page.locator("#compare-status")).to_contain_text("found by both", timeout=60_000)
+    expect(page.locator("#tp-on")).to_contain_text(f"tides-{width}.txt")
+    expect(toasts).to_have_count(0)  # no stale warning over the fresh results
+    _shoot(page, tmp_path, f"{width}-9-fresh-results")
+    assert errors == []
+    page.close()
