@@ -186,6 +186,7 @@ def test_a_first_visit_explains_itself_and_survives_bad_input(
     expect(page.locator("#scores")).to_contain_text("nDCG@10")
     chart = page.locator("#chart")
     expect(chart).to_contain_text("TP on vs TP off")
+    expect(chart.locator("canvas, svg").first).to_be_visible(timeout=30_000)  # drawn
     _shoot(page, tmp_path, f"{width}-4-evaluate")
 
     page.get_by_text("Uploaded BEIR folder or zip").click()

@@ -159,3 +159,29 @@ def render(renderable: object) -> str:
     out = io.StringIO()
     Console(file=out, width=150, force_terminal=False).print(renderable)
     return out.getvalue()
+
+
+def test_the_demos_sample_ingest_moves_during_its_first_batch(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's bar says which chunks it embeds while the first batch runs, instead of
+    sitting at 0.0% (the bar is gr.Progress in the page; here a recorder of its calls)."""
+    from tp_rag.demo.app import Demo
+    from tp_rag.store import connect
+
+    events: list[str] = []
+    real = TPEncoder.encode
+
+    def slow(self: TPEncoder, *args: object, **kwargs: object) -> object:
+        events.append(SLOW)
+        time.sleep(0.5)
+        events.append(DONE)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(progress, "BEAT_SECONDS", 0.05)
+    encoder = TPEncoder.from_pretrained(tiny_llama, device="cpu")
+    demo = Demo(encoder, connect(tmp_path / "db"))
+    monkeypatch.setattr(TPEncoder, "encode", slow)
+    demo.ingest_sample(lambda fraction, desc="": events.append(desc))
+    during = events[events.index(SLOW) + 1 : events.index(DONE)]
+    assert any(desc.startswith("embedding the first batch of ") for desc in during), during

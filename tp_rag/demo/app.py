@@ -171,7 +171,7 @@ class Demo:
         bar = _IngestBar(progress) if progress is not None else None
         if bar is None:
             return ingest(paths, self.store, source_name=source_name)
-        with Heartbeat(bar.beat, every=5.0):  # a first batch on a CPU takes a minute
+        with Heartbeat(bar.beat):  # a first batch on a CPU takes a minute
             return ingest(paths, self.store, source_name=source_name, progress=bar)
 
     def ingest_files(self, files: Sequence[str | Path] | None, progress: Any = None) -> str:
@@ -251,7 +251,7 @@ class Demo:
             timing = estimate.timing() if estimate.done else Estimate("").timing()
             progress(estimate.fraction, desc=f"{current[0].partition(', ')[0]}, {timing}")
 
-        with Heartbeat(beat, every=5.0) if progress is not None else contextlib.nullcontext():
+        with Heartbeat(beat) if progress is not None else contextlib.nullcontext():
             result = evaluate_retrieval(
                 tp_systems(self.encoder, store=self.store),
                 data,
