@@ -168,3 +168,32 @@ def test_tune_grid_reads_at_80_columns() -> None:
     assert "not shown: all in tuned.json (grid)" in " ".join(text.split())
     wide = render(grid_table(result, width=200), 200)
     assert all(f"stop {stop}" in wide for stop in stops) and "not shown" not in wide
+
+
+def test_eval_tables_show_names_as_text() -> None:
+    """Task, file, data and column names that look like markup print as written."""
+    from tp_rag.cli.evaluate import retrieval_table, sts_table
+    from tp_rag.metrics import RETRIEVAL_METRICS
+
+    sts = {
+        "systems": {"TP on": {}, "y[/2]": {}},
+        "tasks": [
+            {
+                "name": "t[/x]",
+                "pairs": 3,
+                "spearman": {"TP on": 1.0, "y[/2]": 2.0},
+                "files": [{"name": "[INST]", "pairs": 3, "spearman": {"TP on": 1.0, "y[/2]": 2.0}}],
+            }
+        ],
+    }
+    text = render(sts_table(sts), 120)
+    assert "t[/x]" in text and "y[/2]" in text and "[INST]" in text
+    retrieval = {
+        "systems": {"[/b]": {}},
+        "data": "what is [/x] here",
+        "queries": 1,
+        "documents": 2,
+        "metrics": {"[/b]": dict.fromkeys(RETRIEVAL_METRICS, 0.5)},
+    }
+    text = render(retrieval_table(retrieval), 120)
+    assert "what is [/x] here" in text and "[/b]" in text

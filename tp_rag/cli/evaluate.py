@@ -70,6 +70,7 @@ class LineNotes:
 
 def sts_table(report: dict[str, Any]) -> Any:
     """Rows: tasks (and their files, indented); columns: systems. Spearman x100."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     systems = list(report["systems"])
@@ -77,22 +78,25 @@ def sts_table(report: dict[str, Any]) -> Any:
     table.add_column("task")
     table.add_column("pairs", justify="right")
     for name in systems:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for task in report["tasks"]:
         for file in task["files"]:
             table.add_row(
-                f"  {task['name']} / {file['name']}",
+                escape(f"  {task['name']} / {file['name']}"),
                 str(file["pairs"]),
                 *(f"{file['spearman'][s]:.2f}" for s in systems),
                 style="dim",
             )
         label = f"{task['name']} (all)" if task["files"] else task["name"]
-        table.add_row(label, str(task["pairs"]), *(f"{task['spearman'][s]:.2f}" for s in systems))
+        table.add_row(
+            escape(label), str(task["pairs"]), *(f"{task['spearman'][s]:.2f}" for s in systems)
+        )
     return table
 
 
 def paper_table(summary: dict[str, Any]) -> Any:
     """The paper's layout: rows are systems; columns STS12-16, STS-B, SICK-R and Avg."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     complete = not summary["missing"]
@@ -104,22 +108,25 @@ def paper_table(summary: dict[str, Any]) -> Any:
     for system, row in summary["rows"].items():
         cells = [f"{row['scores'][t]:.2f}" if t in row["scores"] else "-" for t in summary["tasks"]]
         average = row["average"] if complete else row["average_of_present"]
-        table.add_row(system, *cells, "-" if average is None else f"{average:.2f}")
+        table.add_row(escape(system), *cells, "-" if average is None else f"{average:.2f}")
     return table
 
 
 def retrieval_table(report: dict[str, Any]) -> Any:
     """Rows: metrics; columns: systems."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     systems = list(report["systems"])
     table = Table(
-        title=f"Retrieval on {report['data']} ({report['queries']} queries, "
-        f"{report['documents']} documents)"
+        title=escape(
+            f"Retrieval on {report['data']} ({report['queries']} queries, "
+            f"{report['documents']} documents)"
+        )
     )
     table.add_column("metric")
     for name in systems:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for metric in RETRIEVAL_METRICS:
         table.add_row(metric, *(f"{report['metrics'][s][metric]:.4f}" for s in systems))
     return table
