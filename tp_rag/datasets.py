@@ -304,7 +304,7 @@ def read_labelled_documents(folder: str | Path, split: str = "test") -> Retrieva
     stores a chunk, so an ingested copy's vectors can be reused); ``queries.jsonl`` and
     ``qrels/<split>.tsv`` are BEIR's.
 
-    >>> data = read_labelled_documents("demo/sample")  # doctest: +SKIP
+    >>> data = read_labelled_documents("tp_rag/demo/sample")  # doctest: +SKIP
     >>> len(data.documents), len(data.queries)  # doctest: +SKIP
     (32, 13)
     """

@@ -237,6 +237,10 @@ def read_retrieval_data(path: str, split: str) -> RetrievalSet:
     folder = Path(path)
     if path == "sample" and not folder.exists():
         folder = SAMPLE
+    elif not folder.exists():
+        raise FileNotFoundError(
+            f"--data {path}: no such folder (the demo's bundled set is `--data sample`)"
+        )
     if not (folder / "corpus.jsonl").exists() and (folder / "docs").is_dir():
         return read_labelled_documents(folder, split)
     return read_beir(folder, split)
