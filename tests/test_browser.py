@@ -180,6 +180,10 @@ def test_a_first_visit_explains_itself_and_survives_bad_input(
 
     page.get_by_role("tab", name="Evaluate").click()
     expect(page.locator("#metrics-help")).to_contain_text("Recall@10 is the share")
+    headers = page.locator('#scores [role="columnheader"]')  # before a run: the real ones
+    expect(headers.first).to_contain_text("metric")
+    expect(page.locator("#scores")).to_contain_text("TP on − TP off")
+    _shoot(page, tmp_path, f"{width}-4a-evaluate-before")
     page.locator("#evaluate").click()
     evaluate_status = page.locator("#evaluate-status")
     expect(evaluate_status).to_contain_text("13 queries over 32 documents", timeout=120_000)
