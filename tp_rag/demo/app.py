@@ -380,7 +380,9 @@ def settings_lines(demo: Demo) -> list[str]:
 
 
 def settings_panel(demo: Demo) -> None:
-    """The "Model and settings" panel: the settings of ``settings_lines``."""
+    """The "Model and settings" panel: the settings of ``settings_lines``. A control that
+    changes the encoder (a choice of method, say) belongs here too, created in this panel and
+    passed to the tabs' handlers as an input."""
     with gr.Accordion("Model and settings", open=False, elem_id="settings"):
         gr.Markdown("\n\n".join(settings_lines(demo)))
 
