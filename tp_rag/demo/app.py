@@ -558,10 +558,12 @@ def build_app(demo: Demo) -> gr.Blocks:
     ) as app:
         gr.Markdown(INTRO, elem_id="intro")
         settings_panel(demo)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             ingest_status = ingest_tab(demo)
             compare_tab(demo)
             evaluate_tab(demo)
+        # A warning about one tab's input does not follow the user to another tab.
+        tabs.select(None, None, None, js=CLEAR_TOASTS, api_visibility="private")
         app.load(demo.status, None, [ingest_status], api_name="status")
     return app
 
