@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tp_rag import TPEncoder
-from tp_rag.cli.demo import load_demo_module
+from tp_rag.demo import app as demo_app
 from tp_rag.store import connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def url(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app_module = load_demo_module()
+    app_module = demo_app
     encoder = TPEncoder.from_pretrained(tiny_llama, device="cpu")
     demo = app_module.Demo(encoder, connect(tmp_path_factory.mktemp("browser") / "db"))
     app = app_module.build_app(demo)
@@ -180,12 +180,17 @@ def test_a_first_visit_explains_itself_and_survives_bad_input(
 
     page.get_by_role("tab", name="Evaluate").click()
     expect(page.locator("#metrics-help")).to_contain_text("Recall@10 is the share")
+    headers = page.locator('#scores [role="columnheader"]')  # before a run: the real ones
+    expect(headers.first).to_contain_text("metric")
+    expect(page.locator("#scores")).to_contain_text("TP on − TP off")
+    _shoot(page, tmp_path, f"{width}-4a-evaluate-before")
     page.locator("#evaluate").click()
     evaluate_status = page.locator("#evaluate-status")
     expect(evaluate_status).to_contain_text("13 queries over 32 documents", timeout=120_000)
     expect(page.locator("#scores")).to_contain_text("nDCG@10")
     chart = page.locator("#chart")
     expect(chart).to_contain_text("TP on vs TP off")
+    expect(chart.locator("canvas, svg").first).to_be_visible(timeout=30_000)  # drawn
     _shoot(page, tmp_path, f"{width}-4-evaluate")
 
     page.get_by_text("Uploaded BEIR folder or zip").click()
@@ -194,5 +199,62 @@ def test_a_first_visit_explains_itself_and_survives_bad_input(
     expect(page.locator("#scores")).to_contain_text("MRR@10")  # the earlier scores stay
     expect(page.get_by_text("Error", exact=True)).to_have_count(0)
     _shoot(page, tmp_path, f"{width}-5-evaluate-no-upload")
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_a_second_ingest_and_fresh_results_without_a_stale_warning(
+    url: str, browser: Any, tmp_path: Path, width: int
+) -> None:
+    """In Chromium at 1400 and 800 px: after an ingest the upload list is empty (its files are
+    deleted), so pressing Ingest again asks for files instead of failing on a deleted upload,
+    and a new upload is ingested alone; a warning from a bad search does not stay over the
+    fresh results of the next one."""
+    from playwright.sync_api import expect
+
+    first, second = tmp_path / f"tides-{width}.txt", tmp_path / f"winds-{width}.md"
+    first.write_text("Tides rise and fall twice a day with the Moon.", encoding="utf-8")
+    second.write_text("Trade winds blow steadily toward the equator.", encoding="utf-8")
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    status = page.locator("#ingest-status")
+    expect(status).to_contain_text("embedded with TP on", timeout=30_000)
+
+    upload = page.locator("#upload")
+    page.locator("#upload input[type=file]").set_input_files(str(first))
+    expect(upload).to_contain_text(f"tides-{width}", timeout=30_000)
+    page.locator("#ingest").click()
+    expect(status).to_contain_text("1 file (1 new or changed", timeout=60_000)
+    expect(upload).not_to_contain_text(f"tides-{width}", timeout=30_000)  # the list is cleared
+    _shoot(page, tmp_path, f"{width}-6-after-ingest")
+
+    page.locator("#ingest").click()  # again, with nothing uploaded
+    expect(status).to_contain_text("Not done: no files to ingest", timeout=30_000)
+    expect(status).not_to_contain_text("Errno")
+    page.locator("#upload input[type=file]").set_input_files(str(second))
+    expect(upload).to_contain_text(f"winds-{width}", timeout=30_000)
+    expect(upload).not_to_contain_text(f"tides-{width}")
+    page.locator("#ingest").click()
+    expect(status).to_contain_text("1 file (1 new or changed", timeout=60_000)
+    expect(status).not_to_contain_text("Not done")
+    _shoot(page, tmp_path, f"{width}-7-second-ingest")
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#query textarea").fill("   ")
+    page.locator("#search").click()
+    expect(page.locator("#compare-status")).to_contain_text("Not done", timeout=30_000)
+    toasts = page.locator(".toast-body")
+    expect(toasts).to_have_count(1, timeout=10_000)  # the warning shows
+    _shoot(page, tmp_path, f"{width}-8-warning")
+    page.locator("#query textarea").fill(first.read_text(encoding="utf-8"))  # tops both sides
+    page.locator("#search").click()
+    expect(toasts).to_have_count(0, timeout=2_000)  # closed at the click, not 10 s later
+    expect(page.locator("#compare-status")).to_contain_text("found by both", timeout=60_000)
+    expect(page.locator("#tp-on")).to_contain_text(f"tides-{width}.txt")
+    expect(toasts).to_have_count(0)  # no stale warning over the fresh results
+    _shoot(page, tmp_path, f"{width}-9-fresh-results")
     assert errors == []
     page.close()

@@ -321,9 +321,9 @@ def test_cli_eval_caches_unless_told_not_to(
 
 @pytest.fixture(scope="module")
 def app_module() -> ModuleType:
-    from tp_rag.cli.demo import load_demo_module
+    from tp_rag.demo import app
 
-    return load_demo_module()
+    return app
 
 
 def test_demo_evaluate_after_ingest_embeds_only_the_queries(
@@ -347,7 +347,9 @@ def test_demo_evaluate_after_ingest_embeds_only_the_queries(
     fresh = evaluate_retrieval(tp_systems(encoder), data, recall_at=app_module.RECALL_AT)
     for _, row in table.iterrows():
         for side in ("TP on", "TP off"):
-            assert row[side] == pytest.approx(fresh["metrics"][side][row["metric"]], abs=1e-3)
+            assert float(row[side]) == pytest.approx(
+                fresh["metrics"][side][row["metric"]], abs=1e-3
+            )
 
 
 def test_sts_eval_holds_one_column_at_a_time(encoder: TPEncoder, tmp_path: Path) -> None:

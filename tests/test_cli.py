@@ -65,8 +65,9 @@ def test_ingest_logs_chunk_counts_and_time_left(tiny_llama: Path, tmp_path: Path
 
 
 def test_eval_logs_texts_done_with_time_left(tiny_llama: Path, tmp_path: Path) -> None:
-    """Without a terminal, `tp-rag eval retrieval` logs texts embedded out of the total with
-    the time left as it moves through documents and queries, TP on and off."""
+    """Without a terminal, `tp-rag eval retrieval` first says what it will embed, then logs
+    texts embedded out of the total with the time left as it moves through documents and
+    queries, TP on and off."""
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)
     docs = [json.dumps({"_id": f"d{i}", "title": "", "text": f"Doc {i}."}) for i in range(6)]
@@ -78,6 +79,8 @@ def test_eval_logs_texts_done_with_time_left(tiny_llama: Path, tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("embedding ")]
+    assert notes[0] == "embedding 6 documents and 1 queries with TP on, TP off"  # what, first
+    notes = notes[1:]
     assert notes[0].startswith("embedding documents, TP on: 6/14 texts, ")
     assert notes[0].endswith(" left")
     assert notes[-1].startswith("embedding queries, TP off: 14/14 texts, ")

@@ -1,4 +1,4 @@
-"""The Gradio demo (demo/app.py): its handlers called directly, and the served app driven
+"""The Gradio demo (tp_rag/demo/app.py): its handlers called directly, and the served app driven
 through gradio_client."""
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import httpx
 import pytest
 import servers
 
+import tp_rag
 from tp_rag import TPEncoder
 from tp_rag.cli import build_parser
-from tp_rag.cli.demo import demo_directory, load_demo_module, server_address
+from tp_rag.cli.demo import server_address
+from tp_rag.cli.display import describe_change
 from tp_rag.datasets import read_labelled_documents, relevant_only
-from tp_rag.store import connect, describe_change
+from tp_rag.demo import app as demo_app
+from tp_rag.store import connect
 
 COLUMNS = ["#", "similarity", "vs other", "source", "snippet"]
 
@@ -32,7 +35,7 @@ FILES = {
 
 @pytest.fixture(scope="module")
 def app_module() -> ModuleType:
-    return load_demo_module()
+    return demo_app
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,11 @@ EXACT_QRELS = "q1\td2\t1\nq2\td5\t2\n"
 
 
 def test_demo_locates_its_folder_and_sample_corpus(app_module: ModuleType) -> None:
-    """`tp-rag demo` finds demo/app.py; the bundled sample has a few dozen documents and a
-    dozen labelled queries, every label pointing at a real document."""
-    assert demo_directory() == Path(app_module.__file__).parent
+    """The demo is a module of the package and its sample corpus package data beside it; the
+    sample has a few dozen documents and a dozen labelled queries, every label pointing at a
+    real document."""
+    package = Path(tp_rag.__file__).parent
+    assert Path(app_module.__file__).parent == package / "demo" == app_module.SAMPLE.parent
     sample = read_labelled_documents(app_module.SAMPLE)
     assert 24 <= len(sample.documents) <= 48
     assert 10 <= len(sample.queries) <= 16
@@ -111,7 +116,8 @@ def test_compare_handler_gives_two_marked_columns(demo: Any, uploads: list[Path]
     on, off, note = demo.compare(FILES["comets.txt"], k=5)
     assert list(on.columns) == list(off.columns) == COLUMNS
     assert on["source"][0] == off["source"][0] == "comets.txt #0"
-    assert on["similarity"][0] == pytest.approx(1.0, abs=1e-3)
+    assert float(on["similarity"][0]) == pytest.approx(1.0, abs=1e-3)
+    assert all(re.fullmatch(r"-?\d\.\d{4}", value) for value in on["similarity"])  # aligned
     assert list(on["#"]) == list(range(1, len(on) + 1))
     for table, other, side in ((on, off, "TP on"), (off, on, "TP off")):
         ranks = dict(zip(other["source"], other["#"], strict=True))
@@ -143,7 +149,8 @@ def test_evaluate_handler_on_the_sample_set(demo: Any) -> None:
     table, chart, note = demo.evaluate()
     assert list(table["metric"]) == ["nDCG@10", "Recall@10", "MRR@10"]
     for column in ("TP on", "TP off"):
-        assert all(0.0 <= value <= 1.0 for value in table[column])
+        assert all(0.0 <= float(value) <= 1.0 for value in table[column])
+        assert all(re.fullmatch(r"\d\.\d{4}", value) for value in table[column])  # aligned
     assert len(chart) == 6 and set(chart["setting"]) == {"TP on", "TP off"}
     assert "13 queries over 32 documents" in note
 
@@ -163,7 +170,7 @@ def test_evaluate_an_uploaded_beir_zip_and_loose_files(
     loose = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
     for upload in ([archive], loose):
         table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(p) for p in upload])
-        assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+        assert table[["TP on", "TP off"]].astype(float).to_numpy().tolist() == [[1.0, 1.0]] * 3
         assert "2 queries over 8 documents" in note
 
 
@@ -176,7 +183,7 @@ def test_evaluate_averages_over_queries_with_a_relevant_document(
     queries = {**EXACT_QUERIES, "q3": "A question nothing answers."}
     write_beir(folder, EXACT_CORPUS, queries, EXACT_QRELS + "q3\td1\t0\n")
     table, _, note = demo.evaluate(app_module.UPLOAD_CHOICE, [str(folder)])
-    assert table[["TP on", "TP off"]].to_numpy().tolist() == [[1.0, 1.0]] * 3
+    assert table[["TP on", "TP off"]].astype(float).to_numpy().tolist() == [[1.0, 1.0]] * 3
     assert "2 queries over 8 documents" in note
     (folder / "qrels" / "test.tsv").write_text("q1\td2\t0\nq2\td5\t-1\n")
     with pytest.raises(ValueError, match="no query has a positive relevance label"):
@@ -273,6 +280,80 @@ def test_tp_rag_demo_command_serves_the_app(
     with servers.demo(args, port, env=env) as url:
         status = Client(url, verbose=False).predict(api_name="/status")
         assert "Collection `docs` holds **2** chunks" in status
+
+
+def test_the_running_demo_is_the_folders_only_writer(
+    tmp_path: Path, tiny_llama: Path, uploads: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While `tp-rag demo --db DIR` runs, `tp-rag ingest` into DIR is refused (exit 2) with the
+    advice to use a Chroma server, since the demo would never see its chunks; the demo's own
+    ingest still writes."""
+    from gradio_client import Client, handle_file
+
+    from tp_rag.cli import main
+
+    db = tmp_path / "db"
+    port = servers.free_port()
+    args = ["--db", str(db), "--model", str(tiny_llama), "--device", "cpu", "--port", str(port)]
+    with servers.demo(args, port) as url:
+        ingest_args = ["ingest", str(uploads[0]), "--collection", "docs", "--db", str(db)]
+        assert main([*ingest_args, "--model", str(tiny_llama), "--device", "cpu"]) == 2
+        error = capsys.readouterr().err
+        assert f"writing to {db}" in error and "Chroma server" in error
+        report = Client(url, verbose=False).predict(
+            [handle_file(str(uploads[1]))], api_name="/ingest"
+        )
+        assert "1 file (1 new or changed" in report
+
+
+def test_a_second_ingest_of_removed_uploads_asks_for_new_ones(
+    demo: Any, uploads: list[Path]
+) -> None:
+    """Uploads are deleted once ingested; pressing Ingest again with the old list (files that
+    are gone) asks for a new upload instead of failing on a missing file, and files that are
+    still there are ingested."""
+    paths = [str(p) for p in uploads]
+    demo.ingest_files(paths)
+    for path in uploads:
+        path.unlink()
+    with pytest.raises(ValueError, match=r"uploaded files are gone.*upload them again"):
+        demo.ingest_files(paths)
+    fresh = uploads[0].parent / "fresh.txt"
+    fresh.write_text("Tides follow the Moon.", encoding="utf-8")
+    assert "1 file (1 new or changed" in demo.ingest_files([*paths, str(fresh)])
+
+
+def test_any_broken_beir_upload_is_a_not_done_message(
+    app_module: ModuleType, demo: Any, tmp_path: Path
+) -> None:
+    """A qrels score too large for any relevance label and a corpus line of 100,000 nested
+    `[` are explained as problems of the upload (ValueError, shown as "Not done"), not raised
+    as a raw SystemError or RecursionError."""
+    huge = tmp_path / "huge"
+    write_beir(huge, EXACT_CORPUS, EXACT_QUERIES, "q1\td2\t99999999999999999999\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:2: score 99999999999999999999 is out of"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(huge)])
+    nested = tmp_path / "nested"
+    write_beir(nested, EXACT_CORPUS, EXACT_QUERIES, EXACT_QRELS)
+    with open(nested / "corpus.jsonl", "a", encoding="utf-8") as out:
+        out.write("[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"corpus\.jsonl:9: not valid JSON"):
+        demo.evaluate(app_module.UPLOAD_CHOICE, [str(nested)])
+
+
+def test_sample_queries_only_for_the_sample(
+    app_module: ModuleType, encoder: TPEncoder, uploads: list[Path], tmp_path: Path
+) -> None:
+    """The sample's queries are offered as examples for an empty collection or one holding
+    the sample corpus, not for a collection of other documents."""
+    client = connect(tmp_path / "db")
+    mine = app_module.Demo(encoder, client, collection="mine")
+    assert len(mine.sample_queries()) == 13  # empty: the sample is what it suggests loading
+    mine.ingest_files([str(p) for p in uploads])
+    assert mine.sample_queries() == []
+    sample = app_module.Demo(encoder, client, collection="sample")
+    sample.ingest_sample()
+    assert len(sample.sample_queries()) == 13
 
 
 def test_uploads_are_deleted_once_processed(

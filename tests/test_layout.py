@@ -17,8 +17,8 @@ from tp_rag.config import TPConfig
 PACKAGE = Path(__file__).resolve().parents[1] / "tp_rag"
 README = PACKAGE.parent / "README.md"
 
-# What only the top layer (tp_rag.cli) may import: argument parsing and terminal rendering.
-TOP_ONLY = ("tp_rag.cli", "argparse", "rich", "gradio")
+# What only the top layer (tp_rag.cli, tp_rag.demo) may import: argument parsing and rendering.
+TOP_ONLY = ("tp_rag.cli", "tp_rag.demo", "argparse", "rich", "gradio")
 
 
 def module_name(path: Path) -> str:
@@ -30,8 +30,9 @@ MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
 def is_top_layer(name: str) -> bool:
-    """The command line: ``tp_rag.cli`` and ``python -m tp_rag`` (``tp_rag.__main__``)."""
-    return name == "tp_rag.__main__" or name == "tp_rag.cli" or name.startswith("tp_rag.cli.")
+    """The command line (``tp_rag.cli``, ``python -m tp_rag``) and the demo (``tp_rag.demo``)."""
+    tops = ("tp_rag.cli", "tp_rag.demo")
+    return name == "tp_rag.__main__" or any(name == t or name.startswith(f"{t}.") for t in tops)
 
 
 def imports_of(name: str) -> set[str]:

@@ -17,8 +17,6 @@ from tp_rag.store import (
     check_name,
     chunk_id,
     connect,
-    describe_change,
-    rank_change,
     twin_name,
 )
 
@@ -256,15 +254,6 @@ def test_chunk_ids_depend_on_source_position_and_text() -> None:
 
 def hit(id_: str, rank: int) -> Hit:
     return Hit(id_, "t", "s", 0, 0, 1, 0.5, rank)
-
-
-def test_rank_changes_between_the_two_lists() -> None:
-    """rank_change is how many places higher a hit ranks here than in the other list."""
-    on = [hit("a", 1), hit("b", 2), hit("c", 3)]
-    off = [hit("b", 1), hit("a", 2), hit("d", 3)]
-    assert [rank_change(h, off) for h in on] == [1, -1, None]
-    assert [describe_change(rank_change(h, off), "TP on") for h in on] == ["▲1", "▼1", "only TP on"]
-    assert describe_change(0, "TP off") == "="
 
 
 def test_connect_arguments() -> None:

@@ -304,7 +304,7 @@ def read_labelled_documents(folder: str | Path, split: str = "test") -> Retrieva
     stores a chunk, so an ingested copy's vectors can be reused); ``queries.jsonl`` and
     ``qrels/<split>.tsv`` are BEIR's.
 
-    >>> data = read_labelled_documents("demo/sample")  # doctest: +SKIP
+    >>> data = read_labelled_documents("tp_rag/demo/sample")  # doctest: +SKIP
     >>> len(data.documents), len(data.queries)  # doctest: +SKIP
     (32, 13)
     """
@@ -554,6 +554,11 @@ def _qrels(name: str, text: str) -> dict[str, dict[str, int]]:
                 f"{name}:{number}: expected query-id, corpus-id, score (an integer), found "
                 f"{line[:80]!r}"
             ) from None
+        if not -(2**31) <= gain < 2**31:  # pytrec_eval keeps gains in a C int
+            raise ValueError(
+                f"{name}:{number}: score {gain} is out of range; relevance scores are small "
+                "integers (0, 1, 2, ...)"
+            )
         qrels.setdefault(query_id, {})[doc_id] = gain
     return qrels
 
@@ -568,6 +573,10 @@ def _jsonl(name: str, text: str) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{name}:{number}: not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(
+                f"{name}:{number}: not valid JSON for a record: nested too deeply"
+            ) from None
         if not isinstance(record, dict) or "_id" not in record:
             raise ValueError(f"{name}:{number}: a record has no '_id' field ({line[:80]})")
         records.append({**record, "_id": str(record["_id"])})

@@ -13,6 +13,8 @@ use it.
 
 from __future__ import annotations
 
+import contextvars
+
 __all__ = [
     "ConfigMismatchError",
     "DocumentError",
@@ -22,6 +24,13 @@ __all__ = [
     "TPRagError",
     "UntrustedConfigError",
 ]
+
+
+MODEL_HINT: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "tp_rag_model_hint", default="TPEncoder.from_pretrained('{path}')"
+)
+"""How the code that is loading a model names one (``{path}`` for the folder), for the hint of
+a ``ModelUnavailableError`` raised meanwhile; set with ``tp_rag.loading.model_hint``."""
 
 
 class TPRagError(Exception):
@@ -63,12 +72,11 @@ class ModelUnavailableError(TPRagError, OSError):
     'tp-rag embed --model /models/Qwen2.5-0.5B-Instruct'
     """
 
-    hint: str = "TPEncoder.from_pretrained('{path}')"
-
     def __init__(self, name_or_path: str, reason: str) -> None:
         super().__init__(name_or_path)  # one argument: two would be OSError's (errno, strerror)
         self.name_or_path = name_or_path
         self.reason = reason
+        self.hint = MODEL_HINT.get()
 
     def __reduce__(self) -> tuple[object, ...]:  # pickled back from a Ray worker, hint included
         return type(self), (self.name_or_path, self.reason), self.__dict__

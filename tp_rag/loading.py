@@ -15,6 +15,7 @@ answers ``load_config`` for its name, so rebuilding an encoder reads no file and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -23,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from tp_rag.errors import ModelUnavailableError
+from tp_rag.errors import MODEL_HINT, ModelUnavailableError
 from tp_rag.prompts import PLACEHOLDER
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
@@ -108,6 +109,31 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+@contextlib.contextmanager
+def model_hint(hint: str) -> Iterator[None]:
+    """Name the model the caller's way in a ``ModelUnavailableError`` raised inside: ``hint``
+    with ``{path}`` for the folder (an adapter: ``TPEmbeddings(model='{path}')``).
+
+    >>> with model_hint("TPEmbeddings(model='{path}')"):  # doctest: +SKIP
+    ...     encoder = load_encoder(model)
+    """
+    token = MODEL_HINT.set(hint)
+    try:
+        yield
+    finally:
+        MODEL_HINT.reset(token)
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a folder rather than a hub model: absolute, starting with
+    ``./``, ``../`` or ``~``, or holding the OS separator below a folder that exists (a hub
+    name ``org/model`` has no such folder ``org``)."""
+    if name_or_path.startswith(("~", "./", "../", ".\\", "..\\")):
+        return True
+    path = Path(name_or_path)
+    return path.is_absolute() or (os.sep in name_or_path and path.parent.is_dir())
+
+
 HUB_PROBE_SECONDS = 3.0
 """How long the hub probe waits before calling the hub unreachable."""
 _hub_probe: tuple[float, bool] | None = None  # (when, reachable), reused for a minute
@@ -135,9 +161,22 @@ def _hub_options(name_or_path: str) -> dict[str, Any]:
     is used if it has the model, and otherwise the load fails at once."""
     from huggingface_hub import constants
 
-    if Path(name_or_path).expanduser().is_dir() or constants.HF_HUB_OFFLINE:
+    local = Path(name_or_path).expanduser()
+    if not local.is_dir() and looks_like_path(name_or_path):
+        raise ModelUnavailableError(name_or_path, f"no such model directory: {local.absolute()}")
+    if local.is_dir() or constants.HF_HUB_OFFLINE:
         return {}
     return {} if _hub_reachable() else {"local_files_only": True}
+
+
+def hub_options(name_or_path: str) -> dict[str, Any]:
+    """The hub options any loader of ``name_or_path`` should pass (``local_files_only=True``
+    when the hub cannot be reached), after refusing a path-like name that does not exist;
+    for models loaded by other libraries (sentence-transformers baselines).
+
+    >>> SentenceTransformer(name, **hub_options(name))  # doctest: +SKIP
+    """
+    return _hub_options(name_or_path)
 
 
 def _unavailable(name_or_path: str, options: dict[str, Any], error: Exception) -> OSError:

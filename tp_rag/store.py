@@ -131,7 +131,9 @@ def write_lock(client: Any) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     folder = Path(settings.persist_directory)
-    lock = FileLock(folder / WRITE_LOCK, timeout=0)
+    # One lock object per folder, shared by the threads of this process: the demo holds it
+    # while it runs, and its own ingests (in Gradio's worker threads) take it again.
+    lock = FileLock(folder / WRITE_LOCK, timeout=0, is_singleton=True, thread_local=False)
     try:
         lock.acquire()
     except Timeout:
@@ -388,11 +390,12 @@ class TPStore:
         return [
             Hit(
                 id=id_,
-                text=text,
-                source=str(meta["source"]),
-                chunk_index=int(meta["chunk_index"]),
-                start=int(meta["start"]),
-                end=int(meta["end"]),
+                text=text or "",
+                # Chunks added by other tools may lack tp-rag's metadata: shown by id and text.
+                source=str((meta or {}).get("source", id_)),
+                chunk_index=int((meta or {}).get("chunk_index", 0)),
+                start=int((meta or {}).get("start", 0)),
+                end=int((meta or {}).get("end", len(text or ""))),
                 similarity=1.0 - float(distance),  # Chroma's cosine distance is 1 - cosine
                 rank=rank,
             )
@@ -470,21 +473,3 @@ def upsert_chunks(
                 documents=documents,
                 metadatas=metadatas,
             )
-
-
-def rank_change(hit: Hit, other: Sequence[Hit]) -> int | None:
-    """How many places higher ``hit`` ranks than the same chunk in ``other`` (negative: lower);
-    ``None`` when ``other`` does not have it."""
-    for candidate in other:
-        if candidate.id == hit.id:
-            return candidate.rank - hit.rank
-    return None
-
-
-def describe_change(change: int | None, side: str) -> str:
-    """``rank_change`` as a short label: ``only TP on``, ``=``, ``▲2`` or ``▼1``."""
-    if change is None:
-        return f"only {side}"
-    if change == 0:
-        return "="
-    return f"▲{change}" if change > 0 else f"▼{-change}"

@@ -127,6 +127,7 @@ def layer_vectors(
     tp: bool,
     chunk_size: int,
     name: str = "texts",
+    progress: Callable[[int], None] | None = None,
 ) -> dict[int, Path]:
     """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer.
 
@@ -149,6 +150,8 @@ def layer_vectors(
         vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp)
         for layer, file in files.items():
             file[rows] = vectors[layer]
+        if progress is not None:
+            progress(len(rows))
         del vectors
     for file in files.values():
         file.flush()
@@ -165,6 +168,7 @@ def tune(
     metric: str = "nDCG@10",
     chunk_size: int | None = None,
     tmp_dir: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> TuneResult:
     """Score every (tp_stop, output_layer) cell on ``data``, plus TP off at every layer.
 
@@ -172,6 +176,8 @@ def tune(
     candidate layer at once. Vectors go to disk layer by layer (``layer_vectors``, under
     ``tmp_dir``) in slices of ``chunk_size`` texts (default: what fits 256 MiB at every layer),
     and each layer is scored alone, so memory does not grow with ``layers x texts``.
+    ``progress(done, total, what)`` (an ``EvalProgress``) counts the texts embedded, over all
+    passes (each tp_stop candidate, then TP off).
     """
     config = encoder.config
     num_layers = encoder.num_layers
@@ -193,10 +199,31 @@ def tune(
     def load(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r")
 
+    per_pass = (
+        len(text_index([*data.pooled().sentences1, *data.pooled().sentences2])[0])
+        if isinstance(data, StsTask)
+        else len(data.documents) + len(data.queries)
+    )
+    counted = {"done": 0, "what": ""}
+
+    def count(texts: int) -> None:
+        counted["done"] += texts
+        if progress is not None:
+            progress(counted["done"], per_pass * (len(tp_stops) + 1), str(counted["what"]))
+
     def score_layers(candidate: TPEncoder, tp: bool, folder: str) -> list[float]:
+        counted["what"] = f"tp_stop={candidate.config.tp_stop}" if tp else "TP off"
+
         def vectors_of(texts: Sequence[str], name: str) -> dict[int, Path]:
             return layer_vectors(
-                candidate, texts, layers, folder, tp=tp, chunk_size=chunk, name=name
+                candidate,
+                texts,
+                layers,
+                folder,
+                tp=tp,
+                chunk_size=chunk,
+                name=name,
+                progress=count,
             )
 
         score: Callable[[int], float]

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from tp_rag.errors import ModelUnavailableError, TPRagError
+from tp_rag.errors import MODEL_HINT, ModelUnavailableError, TPRagError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "tp_rag.cli.embed",
@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if not is_user_error(error):
             raise
-        if isinstance(error, ModelUnavailableError):
+        if isinstance(error, ModelUnavailableError) and error.hint == MODEL_HINT.get():
+            # The Python call's hint, not one a caller set (a baseline's names --baseline).
             command = " ".join(filter(None, (args.command, getattr(args, "eval_command", None))))
             error.hint = os.environ.get(MODEL_HINT_ENV) or f"tp-rag {command} --model {{path}}"
         if os.environ.get(DEBUG_ENV) == "1":

@@ -1,14 +1,11 @@
-"""``tp-rag demo``: the Gradio app of ``demo/app.py``, over one loaded encoder."""
+"""``tp-rag demo``: the Gradio app of ``tp_rag.demo.app``, over one loaded encoder."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from tp_rag.cli.options import (
@@ -20,35 +17,6 @@ from tp_rag.cli.options import (
 
 DEMO_DB = ".tp-rag/demo"
 """Where ``tp-rag demo`` keeps its Chroma database unless ``--db`` is given."""
-
-
-def demo_directory() -> Path:
-    """The demo's folder: ``tp_rag/_demo`` in an installed wheel, ``demo/`` in a clone."""
-    package = Path(__file__).resolve().parents[1]  # tp_rag/
-    for candidate in (package / "_demo", package.parent / "demo"):
-        if (candidate / "app.py").is_file():
-            return candidate
-    raise OSError(
-        "the demo app is not installed: run `tp-rag demo` from a clone of tp-rag "
-        "(it reads demo/app.py), or install a wheel that includes it"
-    )
-
-
-def load_demo_module() -> ModuleType:
-    """Import ``demo/app.py`` (it is not a package module, so ``tp-rag demo`` finds it here)."""
-    name = "tp_rag_demo_app"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, demo_directory() / "app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # before exec, so dataclasses in it can find their module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def server_address(
@@ -72,9 +40,8 @@ def server_address(
 
 def run_demo(args: argparse.Namespace) -> int:
     """Load the encoder and serve the demo until interrupted."""
-    demo_directory()  # fail before loading anything when the app is missing
     host, port = server_address(args)
-    from tp_rag.store import TPStore, check_name
+    from tp_rag.store import TPStore, check_name, write_lock
 
     client = client_from_args(args)
     if args.collection is not None:  # an existing collection brings its own encoder
@@ -85,10 +52,15 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         encoder = encoder_from_args(args)
     print(f"loaded {encoder}", file=sys.stderr)
-    app_module = load_demo_module()  # gradio takes seconds to import: after the model's checks
-    demo = app_module.Demo(encoder, client, collection=args.collection)
-    app = app_module.build_app(demo)
-    app_module.launch(app, host=host, port=port, max_file_size=args.max_file_size)
+    # Embedded Chroma is one process's: the demo is the folder's writer while it runs, so an
+    # `ingest` into the same folder is refused (with the advice to use a server) instead of
+    # writing chunks the demo would never see.
+    with write_lock(client):
+        from tp_rag.demo import app as app_module  # gradio takes seconds: after the model's checks
+
+        demo = app_module.Demo(encoder, client, collection=args.collection)
+        app = app_module.build_app(demo)
+        app_module.launch(app, host=host, port=port, max_file_size=args.max_file_size)
     return 0
 
 

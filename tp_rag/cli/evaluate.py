@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from tp_rag import progress
 from tp_rag.cache import EmbeddingCache, default_cache_dir
 from tp_rag.cli.options import add_encoder_options, console, encoder_from_args, note
 from tp_rag.config import DEFAULT_MODEL
@@ -21,29 +23,54 @@ from tp_rag.evaluation import (
     write_json,
 )
 from tp_rag.metrics import RETRIEVAL_METRICS
-from tp_rag.progress import Estimate
+from tp_rag.progress import Estimate, Heartbeat
+
+if TYPE_CHECKING:
+    from tp_rag.datasets import RetrievalSet
 
 
 class LineNotes:
     """``EvalProgress`` as stderr lines: texts embedded out of the total with an estimate of the
-    time left, when a column moves to another set of texts and at least every ``every`` s."""
+    time left, when a column moves to another set of texts and at least every ``every`` s; and,
+    through ``beat`` (a ``Heartbeat``), a line at least every ``quiet`` s while a slice of texts
+    takes long (the first one on a CPU can take minutes)."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(self, every: float = 10.0, quiet: float | None = None) -> None:
         self._what = ""
         self._every = every
-        self._said = 0.0
+        self._quiet = progress.QUIET_SECONDS if quiet is None else quiet
+        self._said = time.monotonic()
         self._estimate = Estimate("texts")
+
+    def _say(self, line: str) -> None:
+        self._said = time.monotonic()
+        note(line)
+
+    def start(self, line: str, total: int = 0) -> None:
+        """Say what the command is about to do (``total`` texts, if known), and start the
+        clock of the estimate."""
+        self._estimate = Estimate("texts")
+        self._estimate.update(0, total)
+        self._say(line)
+
+    def beat(self) -> None:
+        """Say how far it is when nothing was said for ``quiet`` seconds."""
+        if time.monotonic() - self._said >= self._quiet:
+            what = f"embedding {self._what}" if self._what else "embedding"
+            counts = str(self._estimate) if self._estimate.total else self._estimate.timing()
+            self._say(f"{what}: {counts}")
 
     def __call__(self, done: int, total: int, what: str) -> None:
         self._estimate.update(done, total)
         now = time.monotonic()
         if what != self._what or now - self._said >= self._every or done >= total:
-            self._what, self._said = what, now
-            note(f"embedding {what}: {self._estimate}")
+            self._what = what
+            self._say(f"embedding {what}: {self._estimate}")
 
 
 def sts_table(report: dict[str, Any]) -> Any:
     """Rows: tasks (and their files, indented); columns: systems. Spearman x100."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     systems = list(report["systems"])
@@ -51,22 +78,25 @@ def sts_table(report: dict[str, Any]) -> Any:
     table.add_column("task")
     table.add_column("pairs", justify="right")
     for name in systems:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for task in report["tasks"]:
         for file in task["files"]:
             table.add_row(
-                f"  {task['name']} / {file['name']}",
+                escape(f"  {task['name']} / {file['name']}"),
                 str(file["pairs"]),
                 *(f"{file['spearman'][s]:.2f}" for s in systems),
                 style="dim",
             )
         label = f"{task['name']} (all)" if task["files"] else task["name"]
-        table.add_row(label, str(task["pairs"]), *(f"{task['spearman'][s]:.2f}" for s in systems))
+        table.add_row(
+            escape(label), str(task["pairs"]), *(f"{task['spearman'][s]:.2f}" for s in systems)
+        )
     return table
 
 
 def paper_table(summary: dict[str, Any]) -> Any:
     """The paper's layout: rows are systems; columns STS12-16, STS-B, SICK-R and Avg."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     complete = not summary["missing"]
@@ -78,22 +108,25 @@ def paper_table(summary: dict[str, Any]) -> Any:
     for system, row in summary["rows"].items():
         cells = [f"{row['scores'][t]:.2f}" if t in row["scores"] else "-" for t in summary["tasks"]]
         average = row["average"] if complete else row["average_of_present"]
-        table.add_row(system, *cells, "-" if average is None else f"{average:.2f}")
+        table.add_row(escape(system), *cells, "-" if average is None else f"{average:.2f}")
     return table
 
 
 def retrieval_table(report: dict[str, Any]) -> Any:
     """Rows: metrics; columns: systems."""
+    from rich.markup import escape  # file, task and model names are text, not markup
     from rich.table import Table
 
     systems = list(report["systems"])
     table = Table(
-        title=f"Retrieval on {report['data']} ({report['queries']} queries, "
-        f"{report['documents']} documents)"
+        title=escape(
+            f"Retrieval on {report['data']} ({report['queries']} queries, "
+            f"{report['documents']} documents)"
+        )
     )
     table.add_column("metric")
     for name in systems:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for metric in RETRIEVAL_METRICS:
         table.add_row(metric, *(f"{report['metrics'][s][metric]:.4f}" for s in systems))
     return table
@@ -121,6 +154,10 @@ def _systems(args: argparse.Namespace) -> list[System]:
     if not systems:
         raise ValueError("--no-tp leaves nothing to evaluate; add --baseline")
     return systems
+
+
+def _columns(systems: list[System]) -> str:
+    return ", ".join(system.name for system in systems)
 
 
 _PAPER_SETTINGS = ("preset", "prompt", "tp_start", "tp_stop", "output_layer", "pooling")
@@ -164,7 +201,12 @@ def run_eval_sts(args: argparse.Namespace) -> int:
         _paper_notes(args)
     else:
         tasks = [read_sts(path) for path in args.data]
-    report = evaluate_sts(_systems(args), tasks, progress=LineNotes())
+    systems = _systems(args)
+    notes = LineNotes()
+    pairs = sum(len(task) for task in tasks)
+    notes.start(f"embedding the sentences of {pairs} pairs with {_columns(systems)}")
+    with Heartbeat(notes.beat):
+        report = evaluate_sts(systems, tasks, progress=notes)
     out = console()
     if args.paper:
         report["paper"] = paper_summary(report, missing)
@@ -182,14 +224,39 @@ def run_eval_sts(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_retrieval_data(path: str, split: str) -> RetrievalSet:
+    """What ``--data`` of ``eval retrieval`` names: a BEIR folder, a folder of labelled
+    documents (``docs/`` in place of ``corpus.jsonl``, as the demo's sample), or ``sample``,
+    the bundled sample set the demo evaluates."""
+    from tp_rag.datasets import read_beir, read_labelled_documents
+    from tp_rag.demo import SAMPLE
+
+    folder = Path(path)
+    if path == "sample" and not folder.exists():
+        folder = SAMPLE
+    elif not folder.exists():
+        raise FileNotFoundError(
+            f"--data {path}: no such folder (the demo's bundled set is `--data sample`)"
+        )
+    if not (folder / "corpus.jsonl").exists() and (folder / "docs").is_dir():
+        return read_labelled_documents(folder, split)
+    return read_beir(folder, split)
+
+
 def run_eval_retrieval(args: argparse.Namespace) -> int:
     """``tp-rag eval retrieval``: score the columns on one BEIR split."""
-    from tp_rag.datasets import read_beir
-
     if len(args.data) != 1:
         raise ValueError("retrieval takes one --data folder (a BEIR collection)")
-    data = read_beir(args.data[0], args.split)
-    report = evaluate_retrieval(_systems(args), data, progress=LineNotes())
+    data = read_retrieval_data(args.data[0], args.split)
+    systems = _systems(args)
+    notes = LineNotes()
+    notes.start(
+        f"embedding {len(data.documents)} documents and {len(data.queries)} queries with "
+        f"{_columns(systems)}",
+        total=(len(data.documents) + len(data.queries)) * len(systems),
+    )
+    with Heartbeat(notes.beat):
+        report = evaluate_retrieval(systems, data, progress=notes)
     report["split"] = args.split
     console().print(retrieval_table(report))
     if args.json:
@@ -257,7 +324,14 @@ def register(subparsers: Any) -> None:
         description="Exact cosine search over a BEIR collection (title + ' ' + text), TP on "
         "and off, scored by pytrec_eval.",
     )
-    retrieval.add_argument("--data", nargs=1, required=True, metavar="BEIR_DIR")
+    retrieval.add_argument(
+        "--data",
+        nargs=1,
+        required=True,
+        metavar="BEIR_DIR",
+        help="a BEIR folder, a folder with docs/ in place of corpus.jsonl, or 'sample' (the "
+        "demo's bundled set: 32 documents, 13 queries)",
+    )
     retrieval.add_argument("--split", default="test", help="qrels/<split>.tsv (default: test)")
     add_eval_options(retrieval)
     retrieval.set_defaults(func=run_eval_retrieval)

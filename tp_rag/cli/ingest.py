@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tp_rag import progress
+from tp_rag.cli.display import describe_change, rank_change, short_path
 from tp_rag.cli.options import add_store_options, open_store
 from tp_rag.documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUFFIXES
 from tp_rag.ingest import ingest, prune, prune_scope
-from tp_rag.progress import IngestCounts
+from tp_rag.progress import Heartbeat, IngestCounts
 
 
 class BarProgress(IngestCounts):
-    """Rich progress bars on a terminal: files read, chunks embedded with TP on and with TP off,
-    each with rich's own estimate of the time left."""
+    """Rich progress bars on a terminal: files read, chunks embedded with TP on and with TP off.
+
+    The time left is ``IngestCounts``' own estimate (chunks embedded per second once the first
+    batch is done), on the chunk bars only: reading the files is quick, and the files bar
+    finishing says nothing about when the embedding will.
+    """
 
     def __init__(self, console: Any) -> None:
         from rich.progress import (
@@ -24,7 +32,6 @@ class BarProgress(IngestCounts):
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         super().__init__()
@@ -33,8 +40,7 @@ class BarProgress(IngestCounts):
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}", style="dim"),
+            TextColumn("{task.fields[note]}", style="dim", markup=False),
             console=console,
         )
         self._files = self._progress.add_task("files", total=None, note="")
@@ -50,36 +56,35 @@ class BarProgress(IngestCounts):
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def _show(self) -> None:
-        note = "" if self.read >= self.files else "(total so far)"
+    def beat(self) -> None:
+        """Refresh the time left (a ``Heartbeat`` calls it between batches)."""
+        self.on_update("chunks_embedded")
+
+    def on_update(self, event: str) -> None:
+        if event == "files_found":
+            self._progress.update(self._files, total=self.files)
+            return
+        if event == "file_read":
+            self._progress.update(self._files, completed=self.read, note=self.last_file)
+        notes = [] if self.read >= self.files else ["total so far"]
+        if self.time_left():
+            notes.append(self.time_left())
         for tp, task in self._tp.items():
-            self._progress.update(task, completed=self.embedded[tp], total=self.queued, note=note)
-
-    def files_found(self, total: int) -> None:
-        super().files_found(total)
-        self._progress.update(self._files, total=total)
-
-    def file_read(self, name: str, chunks: int) -> None:
-        super().file_read(name, chunks)
-        self._progress.update(self._files, completed=self.read, note=Path(name).name)
-        self._show()
-
-    def chunks_embedded(self, count: int, tp: bool) -> None:
-        super().chunks_embedded(count, tp)
-        self._show()
-
-    def chunks_written(self, count: int) -> None:
-        super().chunks_written(count)
-        self._show()
+            self._progress.update(
+                task, completed=self.embedded[tp], total=self.queued, note=", ".join(notes)
+            )
 
 
 class LineProgress(IngestCounts):
     """Plain progress lines for logs (when stderr is not a terminal): each file, then the chunks
-    embedded with TP on and off after every batch, with an estimate of the time left."""
+    embedded with TP on and off after every batch, with an estimate of the time left; between
+    batches, a line at least every ``every`` seconds (``beat``)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, every: float | None = None) -> None:
         super().__init__()
         self._stream = stream
+        self._every = progress.QUIET_SECONDS if every is None else every
+        self._said = time.monotonic()
 
     def __enter__(self) -> LineProgress:
         return self
@@ -88,36 +93,50 @@ class LineProgress(IngestCounts):
         pass
 
     def _say(self, line: str) -> None:
+        self._said = time.monotonic()
         print(line, file=self._stream, flush=True)
 
-    def files_found(self, total: int) -> None:
-        super().files_found(total)
-        self._say(f"reading {total} file{'' if total == 1 else 's'}")
+    def beat(self) -> None:
+        """Say how far it is when nothing was said for ``every`` seconds."""
+        if self.queued and time.monotonic() - self._said >= self._every:
+            self._say(self.describe())
 
-    def file_read(self, name: str, chunks: int) -> None:
-        super().file_read(name, chunks)
-        to_embed = f"{chunks} chunk{'' if chunks == 1 else 's'} to embed"
-        self._say(f"file {self.read}/{self.files}: {name} ({to_embed})")
+    def on_update(self, event: str) -> None:
+        if event == "files_found":
+            self._say(f"reading {self.files} file{'' if self.files == 1 else 's'}")
+        elif event == "file_read":
+            chunks = self.last_chunks
+            to_embed = f"{chunks} chunk{'' if chunks == 1 else 's'} to embed"
+            self._say(f"file {self.read}/{self.files}: {self.last_file} ({to_embed})")
+        elif event == "chunks_embedded":
+            self._say(self.describe())
+        else:
+            self._say(f"chunks written: {self.written}/{self.total}")
 
-    def chunks_embedded(self, count: int, tp: bool) -> None:
-        super().chunks_embedded(count, tp)
-        self._say(self.describe())
 
-    def chunks_written(self, count: int) -> None:
-        super().chunks_written(count)
-        self._say(f"chunks written: {self.written}/{self.total}")
+def check_paths(paths: Sequence[str], *, prune: bool = False) -> None:
+    """Refuse a named path that does not exist, whichever its position, before anything is
+    written (``tp-rag`` exits 2)."""
+    missing = [path for path in paths if not Path(path).exists()]
+    if missing:
+        undone = "nothing ingested, nothing pruned" if prune else "nothing ingested"
+        raise FileNotFoundError(
+            f"{', '.join(missing)}: no such file or folder; {undone} (is the path mistyped?)"
+        )
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     """Ingest ``args.paths`` into the store; print the summary and the skipped files."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out, err = Console(), Console(stderr=True)
     if args.dry_run and not args.prune:
         raise ValueError("--dry-run goes with --prune: it lists what --prune would remove")
     if args.ray is not None:
         _check_ray_options(args)
+    check_paths(args.paths, prune=args.prune)
     store = open_store(args, create=True)
     if args.prune and args.dry_run:
         _print_pruned(out, prune(args.paths, store, dry_run=True))
@@ -128,7 +147,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         summary = _ingest_on_ray(args, store, err)
     else:
         bars = BarProgress(err) if err.is_terminal else LineProgress(sys.stderr)
-        with bars:
+        with bars, Heartbeat(bars.beat):
             summary = ingest(
                 args.paths,
                 store,
@@ -139,12 +158,12 @@ def run_ingest(args: argparse.Namespace) -> int:
     if args.prune:
         _print_pruned(out, prune(args.paths, store))
     on, off = store.count()
-    out.print(f"[bold]{store.name}[/]: {summary}")
+    out.print(Text.assemble((store.name, "bold"), f": {summary}"))
     out.print(f"collection {store.on.name!r}: {on} chunks; {store.off.name!r}: {off} chunks")
     if summary.skipped:
         table = Table("skipped", "reason", title="not ingested", title_justify="left")
         for path, reason in summary.skipped:
-            table.add_row(path, reason)
+            table.add_row(Text(path), Text(reason))  # user text, not rich markup
         out.print(table)
     return 1 if summary.skipped and not summary.files else 0
 
@@ -234,35 +253,44 @@ def _ingest_on_ray(args: argparse.Namespace, store: Any, err: Any) -> Any:
 
 
 def _print_pruned(out: Any, pruning: Any) -> None:
-    out.print(f"prune: {pruning}" + (":" if pruning.sources else ""))
+    from rich.text import Text
+
+    out.print(Text(f"prune: {pruning}" + (":" if pruning.sources else "")))
     for source in pruning.sources:
-        out.print(f"  {source}", highlight=False)
+        out.print(Text(f"  {source}"), highlight=False)  # a path, not rich markup
 
 
 def run_query(args: argparse.Namespace) -> int:
     """Print the ``k`` best chunks for ``args.text``, TP on and TP off side by side."""
     from rich.console import Console
     from rich.table import Table
-
-    from tp_rag.store import describe_change, rank_change
+    from rich.text import Text
 
     store = open_store(args, create=False)
     on, off = store.search(args.text, k=args.k)
-    table = Table("#", "TP on", "TP off", title=f"{args.text!r} in {store.name}", show_lines=True)
+    console = Console()
+    title = Text(f"{args.text!r} in {store.name}")  # the query is the user's text, not markup
+    table = Table("#", "TP on", "TP off", title=title, show_lines=True)
+    # Two result columns share the width left by "#" and the borders: paths are cut from the
+    # left to fit, so the file name stays.
+    path_width = max((console.width - 12) // 2, 16)
 
-    def cell(hits: list[Any], other: list[Any], rank: int, side: str) -> str:
+    def cell(hits: list[Any], other: list[Any], rank: int, side: str) -> Text:
         if rank > len(hits):
-            return ""
+            return Text("")
         hit = hits[rank - 1]
         change = describe_change(rank_change(hit, other), side)
-        return (
-            f"[bold]{hit.similarity:.3f}[/] {change}\n"
-            f"[cyan]{hit.source}[/] #{hit.chunk_index}\n{hit.snippet(200)}"
+        where = f"{short_path(hit.source, path_width - 6)} #{hit.chunk_index}"
+        return Text.assemble(
+            (f"{hit.similarity:.3f}", "bold"),
+            f" {change}\n",
+            (where, "cyan"),
+            f"\n{hit.snippet(200)}",
         )
 
     for rank in range(1, max(len(on), len(off)) + 1):
         table.add_row(str(rank), cell(on, off, rank, "TP on"), cell(off, on, rank, "TP off"))
-    Console().print(table)
+    console.print(table)
     if not on:
         print(f"collection {store.name!r} is empty", file=sys.stderr)
     return 0

@@ -75,6 +75,11 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the model repository's own Python code (off by default)",
     )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show transformers' own loading bars instead of one 'loading MODEL' line",
+    )
 
 
 def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,9 +95,11 @@ def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
     """Build a ``TPEncoder`` from the options of ``add_encoder_options``."""
+    from tp_rag.cli.display import loading_line
     from tp_rag.encoder import TPEncoder
 
-    return TPEncoder.from_pretrained(args.model, **{**encoder_options(args), **overrides})
+    with loading_line(args.model or DEFAULT_MODEL, verbose=getattr(args, "verbose", False)):
+        return TPEncoder.from_pretrained(args.model, **{**encoder_options(args), **overrides})
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, default_db: str | None) -> None:
@@ -124,9 +131,13 @@ def client_from_args(args: argparse.Namespace) -> Any:
 def open_store(args: argparse.Namespace, *, create: bool) -> TPStore:
     """The store ``--collection`` names (``TPStore.open``): without ``--model`` or ``--preset``,
     an existing store's own model and settings, which the options given override."""
+    from tp_rag.cli.display import loading_line
     from tp_rag.store import TPStore, check_name
 
     check_name(args.collection)  # before connecting makes a database folder
-    return TPStore.open(
-        client_from_args(args), args.collection, args.model, create=create, **encoder_options(args)
-    )
+    client = client_from_args(args)
+    model = args.model or f"the model of collection {args.collection!r}"
+    with loading_line(model, verbose=getattr(args, "verbose", False)):
+        return TPStore.open(
+            client, args.collection, args.model, create=create, **encoder_options(args)
+        )

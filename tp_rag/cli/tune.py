@@ -6,39 +6,59 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tp_rag.cli.evaluate import add_eval_options
-from tp_rag.cli.options import console, encoder_from_args, note
+from tp_rag.cli.evaluate import LineNotes, add_eval_options
+from tp_rag.cli.options import encoder_from_args, note
 from tp_rag.evaluation import write_json
 from tp_rag.metrics import RETRIEVAL_METRICS
+from tp_rag.progress import Heartbeat
 from tp_rag.tuning import TuneResult, parse_candidates, tune, write_preset
 
 if TYPE_CHECKING:
     from tp_rag.datasets import RetrievalSet, StsTask
 
 
-def grid_table(result: TuneResult) -> Any:
-    """Rows: tp_stop candidates (and TP off); columns: output layers; the best cell marked."""
+def grid_table(result: TuneResult, width: int = 80, output: str = "") -> Any:
+    """Rows: output layers; columns: tp_stop candidates, then TP off; the best cell marked.
+
+    Transposed (layers run down) and at 3 decimals (2 for Spearman x100) so it reads at
+    ``width`` columns; when not every tp_stop fits, the ones nearest the best are shown and
+    the caption says where the full grid is (the preset file ``output``).
+    """
     from rich.table import Table
 
     best_stop, best_layer, best_score = result.best
-    table = Table(
-        title=f"tune: {result.metric}, tp_stop (rows) x output_layer (columns)",
-        caption=f"tp_start={result.tp_start}; best: tp_stop={best_stop}, "
-        f"output_layer={best_layer} ({best_score:.4g}); TP off is for reference",
+    digits = 2 if result.metric.startswith("Spearman") else 3
+    column = 9  # "0.482*" plus padding and a border
+    fits = max((width - 2 * column) // column, 1)  # the layer and TP-off columns first
+    stops = list(result.tp_stops)
+    if len(stops) > fits:  # the best tp_stop and its neighbours
+        middle = stops.index(best_stop)
+        first = min(max(middle - fits // 2, 0), len(stops) - fits)
+        stops = stops[first : first + fits]
+    caption = (
+        f"tp_start={result.tp_start}; best: tp_stop={best_stop}, output_layer={best_layer} "
+        f"({best_score:.4g}); TP off is for reference"
     )
-    table.add_column("tp_stop")
-    for layer in result.layers:
-        table.add_column(str(layer), justify="right")
-    for stop, row in zip(result.tp_stops, result.grid, strict=True):
+    if len(stops) < len(result.tp_stops):
+        hidden = len(result.tp_stops) - len(stops)
+        where = f" in {output} (grid)" if output else " in the preset file (grid)"
+        caption += f"; {hidden} tp_stop column{'s' if hidden > 1 else ''} not shown: all{where}"
+    table = Table(
+        title=f"tune: {result.metric}, output_layer (rows) x tp_stop (columns)",
+        caption=caption,
+    )
+    table.add_column("layer", justify="right")
+    for stop in stops:
+        table.add_column(f"stop {stop}", justify="right")
+    table.add_column("TP off", justify="right", style="dim")
+    rows = {stop: row for stop, row in zip(result.tp_stops, result.grid, strict=True)}
+    for index, layer in enumerate(result.layers):
         cells = []
-        for layer, value in zip(result.layers, row, strict=True):
-            text = f"{value:.2f}" if result.metric.startswith("Spearman") else f"{value:.4f}"
-            cells.append(
-                f"[bold]{text}*[/bold]" if (stop, layer) == (best_stop, best_layer) else text
-            )
-        table.add_row(str(stop), *cells)
-    digits = 2 if result.metric.startswith("Spearman") else 4
-    table.add_row("TP off", *(f"{v:.{digits}f}" for v in result.tp_off), style="dim")
+        for stop in stops:
+            text = f"{rows[stop][index]:.{digits}f}"
+            best = (stop, layer) == (best_stop, best_layer)
+            cells.append(f"[bold]{text}*[/bold]" if best else text)
+        table.add_row(str(layer), *cells, f"{result.tp_off[index]:.{digits}f}")
     return table
 
 
@@ -55,15 +75,23 @@ def run_tune_command(args: argparse.Namespace) -> int:
     )
     encoder = encoder_from_args(args)
     note(repr(encoder))
-    result = tune(
-        encoder,
-        data,
-        tp_stops=parse_candidates(args.tp_stops) if args.tp_stops else None,
-        layers=parse_candidates(args.layers) if args.layers else None,
-        metric=args.metric,
-        tmp_dir=args.tmp_dir,
-    )
-    console().print(grid_table(result))
+    tp_stops = parse_candidates(args.tp_stops) if args.tp_stops else None
+    notes = LineNotes()
+    passes = len(tp_stops) + 1 if tp_stops else "each tp_stop candidate, and one more"
+    notes.start(f"tune: embedding the texts of {data_path} once per tp_stop ({passes} passes)")
+    with Heartbeat(notes.beat):
+        result = tune(
+            encoder,
+            data,
+            tp_stops=tp_stops,
+            layers=parse_candidates(args.layers) if args.layers else None,
+            metric=args.metric,
+            tmp_dir=args.tmp_dir,
+            progress=notes,
+        )
+    from rich.console import Console
+
+    Console().print(grid_table(result, width=Console().width, output=args.output))
     tuned_on = f"{data_path} ({args.split})" if is_beir else str(data_path)
     preset = write_preset(args.output, encoder, result, tuned_on=tuned_on)
     print(f"wrote {args.output}: {preset['settings']}")

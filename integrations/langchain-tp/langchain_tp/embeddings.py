@@ -9,6 +9,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from tp_rag.adapters import TPSettings, load_encoder
 from tp_rag.encoder import TPEncoder
+from tp_rag.loading import model_hint
 
 
 class TPEmbeddings(TPSettings, Embeddings):
@@ -44,7 +45,8 @@ class TPEmbeddings(TPSettings, Embeddings):
     def __init__(self, **kwargs: Any) -> None:
         """Validate the fields, then load the model (or reuse one already loaded)."""
         super().__init__(**kwargs)
-        self._encoder = load_encoder(self.model_name, **self.encoder_settings())
+        with model_hint("TPEmbeddings(model='{path}')"):  # the model-unavailable error's hint
+            self._encoder = load_encoder(self.model_name, **self.encoder_settings())
 
     @property
     def encoder(self) -> TPEncoder:

@@ -11,6 +11,7 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from tp_rag.adapters import EncoderSettings, load_encoder
 from tp_rag.config import TPConfig
 from tp_rag.encoder import TPEncoder
+from tp_rag.loading import model_hint
 
 
 class TPEmbedding(EncoderSettings, BaseEmbedding):
@@ -55,7 +56,8 @@ class TPEmbedding(EncoderSettings, BaseEmbedding):
             kwargs["model_name"] = model_name
         super().__init__(**kwargs)
         settings = {**self.encoder_settings(), "batch_size": self.embed_batch_size}
-        self._encoder = load_encoder(self.model_name, **settings)
+        with model_hint("TPEmbedding(model_name='{path}')"):  # the model-unavailable error's hint
+            self._encoder = load_encoder(self.model_name, **settings)
 
     @classmethod
     def class_name(cls) -> str:
