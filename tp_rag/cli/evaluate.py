@@ -1,4 +1,5 @@
-"""``tp-rag eval sts`` and ``tp-rag eval retrieval``: the evaluation library's reports as tables."""
+"""``tp-rag eval sts``, ``retrieval`` and ``classification``: the evaluation library's reports as
+tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tp_rag.evaluation import (
     BASELINE_PREFIX,
     System,
     baseline_system,
+    evaluate_classification,
     evaluate_retrieval,
     evaluate_sts,
     paper_summary,
@@ -26,20 +28,24 @@ from tp_rag.progress import Estimate
 
 class LineNotes:
     """``EvalProgress`` as stderr lines: texts embedded out of the total with an estimate of the
-    time left, when a column moves to another set of texts and at least every ``every`` s."""
+    time left, when a column moves to another set of texts and at least every ``every`` s.
+    ``verb`` and ``unit`` name other counts (``"classifying", "folds"``)."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(
+        self, every: float = 10.0, *, verb: str = "embedding", unit: str = "texts"
+    ) -> None:
         self._what = ""
         self._every = every
         self._said = 0.0
-        self._estimate = Estimate("texts")
+        self._verb = verb
+        self._estimate = Estimate(unit)
 
     def __call__(self, done: int, total: int, what: str) -> None:
         self._estimate.update(done, total)
         now = time.monotonic()
         if what != self._what or now - self._said >= self._every or done >= total:
             self._what, self._said = what, now
-            note(f"embedding {what}: {self._estimate}")
+            note(f"{self._verb} {what}: {self._estimate}")
 
 
 def sts_table(report: dict[str, Any]) -> Any:
@@ -109,15 +115,20 @@ def _cache(args: argparse.Namespace) -> EmbeddingCache | None:
     return cache
 
 
-def _systems(args: argparse.Namespace) -> list[System]:
-    """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order."""
+def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list[System]:
+    """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order.
+    ``normalize`` (``None``: each model's own setting) applies to every column."""
     systems: list[System] = []
     if not args.no_tp:
-        encoder = encoder_from_args(args)
+        encoder = encoder_from_args(args, **({} if normalize is None else {"normalize": normalize}))
         note(repr(encoder))
         systems += tp_systems(encoder, cache=_cache(args))
     for spec in args.baseline:
-        systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
+        systems.append(
+            baseline_system(
+                spec, device=args.device, batch_size=args.batch_size, normalize=normalize
+            )
+        )
     if not systems:
         raise ValueError("--no-tp leaves nothing to evaluate; add --baseline")
     return systems
@@ -197,6 +208,79 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def classification_table(report: dict[str, Any]) -> Any:
+    """Rows: tasks (and the average); columns: systems. Accuracy %."""
+    from rich.table import Table
+
+    systems = list(report["systems"])
+    table = Table(title="Classification: accuracy % of a logistic regression on the vectors")
+    table.add_column("task")
+    table.add_column("sentences", justify="right")
+    table.add_column("protocol")
+    for name in systems:
+        table.add_column(name, justify="right")
+    for task in report["tasks"]:
+        table.add_row(
+            task["name"],
+            str(sum(task["sizes"].values())),
+            task["protocol"],
+            *(f"{task['accuracy'][s]:.2f}" for s in systems),
+        )
+    if len(report["tasks"]) > 1:
+        table.add_row(
+            f"average ({len(report['tasks'])} tasks)",
+            "",
+            "",
+            *(f"{report['average'][s]:.2f}" for s in systems),
+        )
+    return table
+
+
+def run_eval_classification(args: argparse.Namespace) -> int:
+    """``tp-rag eval classification``: SentEval's transfer protocol on the columns."""
+    from tp_rag.datasets import read_classification
+
+    tasks = [read_classification(path) for path in args.data]  # refuse bad data before loading
+    names = [task.name for task in tasks]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--data names the task(s) {', '.join(repeated)} twice")
+    report = evaluate_classification(
+        _systems(args, normalize=args.normalize),
+        tasks,
+        progress=LineNotes(),
+        fold_progress=LineNotes(verb="classifying", unit="model selections"),
+    )
+    report["normalize"] = args.normalize
+    for task in report["tasks"]:
+        for system, count in task["unconverged_fits"].items():
+            if count:
+                note(
+                    f"note: {count} logistic-regression fit(s) of {system} on {task['name']} "
+                    "stopped at the iteration limit before converging"
+                )
+    console().print(classification_table(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+CLASSIFICATION_HELP = """\
+SentEval's transfer-task protocol (the Token Prepending paper's second table): a logistic
+regression (scikit-learn, L2) is trained on the frozen sentence vectors and scored by accuracy %.
+Each --data folder holds one task as label<TAB>sentence files (labels: any one-word integers
+or strings, two or more classes):
+  all.tsv                    10-fold stratified shuffled cross-validation; in each training
+                             part C is chosen from {0.25, 0.5, 1, 2, 4, 8} by an inner 5-fold
+                             stratified shuffled cross-validation (MR, CR, SUBJ, MPQA)
+  train.tsv dev.tsv test.tsv C chosen on dev (fitted on train), accuracy on test (SST-2)
+  train.tsv test.tsv         C chosen by 5-fold cross-validation on train, accuracy on test
+                             (TREC)
+Folds and classifiers use the seed 1111. The vectors are raw (not L2-normalised, as SentEval
+feeds them; --normalize to change that), for TP on, TP off and every --baseline alike.
+"""
+
+
 def add_eval_options(
     parser: argparse.ArgumentParser, *, baseline: bool = True, cache: bool = True
 ) -> None:
@@ -228,9 +312,9 @@ def add_eval_options(
 
 
 def register(subparsers: Any) -> None:
-    """Add ``tp-rag eval sts`` and ``tp-rag eval retrieval``."""
+    """Add ``tp-rag eval sts``, ``tp-rag eval retrieval`` and ``tp-rag eval classification``."""
     evaluate = subparsers.add_parser(
-        "eval", help="STS or retrieval scores, TP on vs off (and baselines)"
+        "eval", help="STS, retrieval or classification scores, TP on vs off (and baselines)"
     )
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
@@ -261,3 +345,18 @@ def register(subparsers: Any) -> None:
     retrieval.add_argument("--split", default="test", help="qrels/<split>.tsv (default: test)")
     add_eval_options(retrieval)
     retrieval.set_defaults(func=run_eval_retrieval)
+
+    classification = kinds.add_parser(
+        "classification",
+        help="accuracy % of a logistic regression on the vectors (SentEval transfer tasks)",
+        description=CLASSIFICATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    classification.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    classification.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalise the vectors before classifying (default: raw vectors, as SentEval)",
+    )
+    add_eval_options(classification)
+    classification.set_defaults(func=run_eval_classification)
