@@ -13,9 +13,9 @@ code (``tp_rag.metrics``):
   scored by ``pytrec_eval`` (trec_eval): nDCG@10, Recall@100 (``recall_at`` sets the cutoff;
   the demo's small sets use 10) and MRR@10, averaged over the judged queries.
 - Classification (SentEval's transfer tasks): accuracy % of a logistic regression trained on the
-  frozen vectors, by the protocol of ``tp_rag.classification`` (scikit-learn); SentEval feeds
-  the classifier raw vectors, so build the columns with ``normalize=False`` (``tp_systems``
-  over ``encoder.with_settings(normalize=False)``, ``baseline_system(..., normalize=False)``).
+  frozen vectors, by the protocol of ``tp_rag.classification`` (scikit-learn). The paper's
+  SentEval runs feed the classifier raw hidden states: build the TP columns over
+  ``encoder.with_settings(normalize=False)``.
 
 Both report their progress to an optional ``EvalProgress`` callback (the CLI prints it, the
 demo drives ``gr.Progress``) and return JSON-ready reports.
@@ -299,6 +299,8 @@ def evaluate_classification(
     total_texts = sum(len(texts) for texts in texts_per_task) * len(systems)
     total_folds = sum(fold_count(task) for task in tasks) * len(systems)
     counts = {"texts": 0, "folds": 0}
+    if fold_progress is not None and tasks and systems:  # the total, before the first fold
+        fold_progress(0, total_folds, f"{tasks[0].name}, {systems[0].name}")
     entries: list[dict[str, Any]] = []
     for task, texts in zip(tasks, texts_per_task, strict=True):
         entry: dict[str, Any] = {
@@ -314,7 +316,7 @@ def evaluate_classification(
         index = {text: row for row, text in enumerate(texts)}
         for system in systems:
             what = f"{task.name}, {system.name}"
-            vectors = _embed_all(system, texts, what, progress, counts["texts"], total_texts)
+            vectors = _embed_all(system, texts, task.name, progress, counts["texts"], total_texts)
             counts["texts"] += len(texts)
 
             def fold_done(what: str = what) -> None:

@@ -28,24 +28,75 @@ from tp_rag.progress import Estimate
 
 class LineNotes:
     """``EvalProgress`` as stderr lines: texts embedded out of the total with an estimate of the
-    time left, when a column moves to another set of texts and at least every ``every`` s.
-    ``verb`` and ``unit`` name other counts (``"classifying", "folds"``)."""
+    time left, when a column moves to another set of texts and at least every ``every`` s."""
 
-    def __init__(
-        self, every: float = 10.0, *, verb: str = "embedding", unit: str = "texts"
-    ) -> None:
+    def __init__(self, every: float = 10.0) -> None:
         self._what = ""
         self._every = every
         self._said = 0.0
-        self._verb = verb
-        self._estimate = Estimate(unit)
+        self._estimate = Estimate("texts")
 
     def __call__(self, done: int, total: int, what: str) -> None:
         self._estimate.update(done, total)
         now = time.monotonic()
         if what != self._what or now - self._said >= self._every or done >= total:
             self._what, self._said = what, now
-            note(f"{self._verb} {what}: {self._estimate}")
+            note(f"embedding {what}: {self._estimate}")
+
+
+class ClassificationNotes:
+    """The two counts of ``evaluate_classification`` (texts embedded, model selections run) as
+    stderr lines, with one estimate of the time left for both.
+
+    Embedding and classifying alternate (task by task, column by column), so each kind of work
+    gets its own rate: the time since the previous report of either kind is credited to the kind
+    just reported (a report comes right after the work it counts).
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._said = 0.0
+        self._what = ""
+        self._started = self._last = time.monotonic()
+        self._counts = {"texts": (0, 0), "folds": (0, 0)}  # kind -> (done, total)
+        self._seconds = {"texts": 0.0, "folds": 0.0}
+
+    def texts(self, done: int, total: int, what: str) -> None:
+        """``EvalProgress`` for the texts embedded."""
+        self._update("texts", done, total, f"embedding {what}")
+
+    def folds(self, done: int, total: int, what: str) -> None:
+        """``EvalProgress`` for the model selections run."""
+        self._update("folds", done, total, f"classifying {what}")
+
+    def seconds_left(self) -> float | None:
+        """Time left at each kind's own rate; ``None`` until both rates are known."""
+        left = 0.0
+        for kind, (done, total) in self._counts.items():
+            if done < total:
+                if done == 0:
+                    return None
+                left += self._seconds[kind] / done * (total - done)
+        return left
+
+    def _update(self, kind: str, done: int, total: int, what: str) -> None:
+        from tqdm import tqdm
+
+        now = time.monotonic()
+        self._seconds[kind] += now - self._last
+        self._last = now
+        self._counts[kind] = (done, total)
+        finished = all(d >= t for d, t in self._counts.values())
+        if what == self._what and now - self._said < self._every and not finished:
+            return
+        self._what, self._said = what, now
+        (texts, all_texts), (folds, all_folds) = self._counts.values()
+        line = f"{what}: {texts}/{all_texts} texts, {folds}/{all_folds} model selections, "
+        line += f"{tqdm.format_interval(now - self._started)}"
+        left = self.seconds_left()
+        if not finished and left is not None:
+            line += f" so far, about {tqdm.format_interval(left)} left"
+        note(line)
 
 
 def sts_table(report: dict[str, Any]) -> Any:
@@ -117,7 +168,10 @@ def _cache(args: argparse.Namespace) -> EmbeddingCache | None:
 
 def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list[System]:
     """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order.
-    ``normalize`` (``None``: each model's own setting) applies to every column."""
+
+    ``normalize`` (``None``: the configuration's) sets the TP columns' L2 normalisation;
+    ``True`` also normalises the baselines, which otherwise give their vectors as their model
+    ships them."""
     systems: list[System] = []
     if not args.no_tp:
         encoder = encoder_from_args(args, **({} if normalize is None else {"normalize": normalize}))
@@ -126,7 +180,7 @@ def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list
     for spec in args.baseline:
         systems.append(
             baseline_system(
-                spec, device=args.device, batch_size=args.batch_size, normalize=normalize
+                spec, device=args.device, batch_size=args.batch_size, normalize=normalize or None
             )
         )
     if not systems:
@@ -245,11 +299,10 @@ def run_eval_classification(args: argparse.Namespace) -> int:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"--data names the task(s) {', '.join(repeated)} twice")
+    systems = _systems(args, normalize=args.normalize)
+    notes = ClassificationNotes()
     report = evaluate_classification(
-        _systems(args, normalize=args.normalize),
-        tasks,
-        progress=LineNotes(),
-        fold_progress=LineNotes(verb="classifying", unit="model selections"),
+        systems, tasks, progress=notes.texts, fold_progress=notes.folds
     )
     report["normalize"] = args.normalize
     for task in report["tasks"]:
@@ -276,8 +329,10 @@ or strings, two or more classes):
   train.tsv dev.tsv test.tsv C chosen on dev (fitted on train), accuracy on test (SST-2)
   train.tsv test.tsv         C chosen by 5-fold cross-validation on train, accuracy on test
                              (TREC)
-Folds and classifiers use the seed 1111. The vectors are raw (not L2-normalised, as SentEval
-feeds them; --normalize to change that), for TP on, TP off and every --baseline alike.
+Folds and classifiers use the seed 1111. The TP on and TP off vectors are raw (not
+L2-normalised), as the authors' SentEval runs feed them; a --baseline gives its vectors as the
+model ships them (all-MiniLM-L6-v2 ends in a Normalize module). --normalize L2-normalises every
+column.
 """
 
 
@@ -356,7 +411,8 @@ def register(subparsers: Any) -> None:
     classification.add_argument(
         "--normalize",
         action="store_true",
-        help="L2-normalise the vectors before classifying (default: raw vectors, as SentEval)",
+        help="L2-normalise every column's vectors (default: TP vectors raw, as the paper's "
+        "SentEval runs; baselines as their model ships them)",
     )
     add_eval_options(classification)
     classification.set_defaults(func=run_eval_classification)
