@@ -639,8 +639,9 @@ def read_labelled_texts(path: str | Path) -> LabelledTexts:
     """Read one ``label<TAB>sentence`` file; refuses a line that is not one, naming it.
 
     A label is one word (``0``, ``1``, ``POS``, ``NUM:dist``...): a line without a tab, an empty
-    label, a label with spaces in it (a sentence in the label column) or an empty sentence is
-    an error. Blank lines are skipped; the sentence's whitespace is collapsed.
+    label or a label with spaces in it (a sentence in the label column) is an error. Blank lines
+    are skipped; the sentence's whitespace is collapsed. A label with an empty sentence is kept,
+    as SentEval keeps it (CR has four).
 
     >>> read_labelled_texts("../shared/data/transfer/cr/all.tsv").labels[:2]  # doctest: +SKIP
     ('0', '0')
@@ -667,10 +668,7 @@ def read_labelled_texts(path: str | Path) -> LabelledTexts:
                 f"{where}: the label column holds {label[:60]!r}, which is not a label (a label "
                 f"is one word, e.g. 0, 1 or POS); {expected}"
             )
-        sentence = _collapse(sentence)
-        if not sentence:
-            raise ValueError(f"{where}: no sentence after the label {label!r}; {expected}")
-        texts.append(sentence)
+        texts.append(_collapse(sentence))
         labels.append(label)
         first_lines.setdefault(label, number)
     if not texts:
