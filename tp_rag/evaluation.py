@@ -299,8 +299,11 @@ def evaluate_classification(
     total_texts = sum(len(texts) for texts in texts_per_task) * len(systems)
     total_folds = sum(fold_count(task) for task in tasks) * len(systems)
     counts = {"texts": 0, "folds": 0}
-    if fold_progress is not None and tasks and systems:  # the total, before the first fold
-        fold_progress(0, total_folds, f"{tasks[0].name}, {systems[0].name}")
+    if tasks and systems:  # the totals, before the first text and the first fold
+        if progress is not None:
+            progress(0, total_texts, tasks[0].name)
+        if fold_progress is not None:
+            fold_progress(0, total_folds, tasks[0].name)
     entries: list[dict[str, Any]] = []
     for task, texts in zip(tasks, texts_per_task, strict=True):
         entry: dict[str, Any] = {

@@ -69,14 +69,15 @@ class ClassificationNotes:
         """``EvalProgress`` for the model selections run."""
         self._update("folds", done, total, f"classifying {what}")
 
-    def seconds_left(self) -> float | None:
-        """Time left at each kind's own rate; ``None`` until both rates are known."""
+    def seconds_left(self, kind: str | None = None) -> float | None:
+        """Time left at each kind's own rate (or for ``kind`` alone); ``None`` while a rate
+        needed is unknown."""
         left = 0.0
-        for kind, (done, total) in self._counts.items():
-            if done < total:
+        for name, (done, total) in self._counts.items():
+            if done < total and kind in (None, name):
                 if done == 0:
                     return None
-                left += self._seconds[kind] / done * (total - done)
+                left += self._seconds[name] / done * (total - done)
         return left
 
     def _update(self, kind: str, done: int, total: int, what: str) -> None:
@@ -87,15 +88,17 @@ class ClassificationNotes:
         self._last = now
         self._counts[kind] = (done, total)
         finished = all(d >= t for d, t in self._counts.values())
-        if what == self._what and now - self._said < self._every and not finished:
+        if done == 0 or (what == self._what and now - self._said < self._every and not finished):
             return
         self._what, self._said = what, now
         (texts, all_texts), (folds, all_folds) = self._counts.values()
         line = f"{what}: {texts}/{all_texts} texts, {folds}/{all_folds} model selections, "
         line += f"{tqdm.format_interval(now - self._started)}"
-        left = self.seconds_left()
+        left, embedding_left = self.seconds_left(), self.seconds_left("texts")
         if not finished and left is not None:
             line += f" so far, about {tqdm.format_interval(left)} left"
+        elif not finished and embedding_left:  # no model selection timed yet
+            line += f" so far, about {tqdm.format_interval(embedding_left)} left to embed"
         note(line)
 
 
@@ -299,6 +302,7 @@ def run_eval_classification(args: argparse.Namespace) -> int:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"--data names the task(s) {', '.join(repeated)} twice")
+    _paper_notes(args)
     systems = _systems(args, normalize=args.normalize)
     notes = ClassificationNotes()
     report = evaluate_classification(
