@@ -123,6 +123,7 @@ def _inner_search() -> Any:
         {"C": list(C_GRID)},
         cv=StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=SEED),
         scoring="accuracy",
+        error_score="raise",  # a failed fit stops the run rather than scoring NaN
     )
 
 
@@ -141,6 +142,7 @@ def _nested_cv(x: np.ndarray, y: np.ndarray, done: Callable[[], None]) -> dict[s
         cv=StratifiedKFold(OUTER_FOLDS, shuffle=True, random_state=SEED),
         scoring=accuracy,
         return_estimator=True,
+        error_score="raise",
     )
     searches = outcome["estimator"]
     return {
@@ -160,7 +162,11 @@ def _dev_selected(
     # One "fold": fit on the train rows (-1), score on the dev rows (0).
     which = np.concatenate([np.full(len(train[1]), -1), np.zeros(len(dev[1]), dtype=int)])
     search = GridSearchCV(
-        _classifier(), {"C": list(C_GRID)}, cv=PredefinedSplit(which), refit=False
+        _classifier(),
+        {"C": list(C_GRID)},
+        cv=PredefinedSplit(which),
+        refit=False,
+        error_score="raise",
     )
     search.fit(np.concatenate([train[0], dev[0]]), np.concatenate([train[1], dev[1]]))
     best = float(search.best_params_["C"])
