@@ -128,7 +128,7 @@ def baseline_system(
     """A ``sentence-transformers:PATH_OR_NAME`` baseline column (needs the ``baseline`` extra).
 
     ``normalize``: ``None`` gives the vectors as the model ships them; ``False`` drops the
-    model's trailing ``Normalize`` module (raw pooled vectors, as SentEval classifies);
+    model's trailing ``Normalize`` module (the raw pooled vectors);
     ``True`` scales every vector to unit length.
 
     >>> baseline_system("sentence-transformers:all-MiniLM-L6-v2").name  # doctest: +SKIP

@@ -298,10 +298,6 @@ def run_eval_classification(args: argparse.Namespace) -> int:
     from tp_rag.datasets import read_classification
 
     tasks = [read_classification(path) for path in args.data]  # refuse bad data before loading
-    names = [task.name for task in tasks]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"--data names the task(s) {', '.join(repeated)} twice")
     _paper_notes(args)
     systems = _systems(args, normalize=args.normalize)
     notes = ClassificationNotes()
