@@ -286,10 +286,12 @@ def evaluate_classification(
     ``tasks[i]["accuracy"][system]`` is the figure; ``average`` the mean over the tasks.
 
     >>> from tp_rag.datasets import read_classification
-    >>> on, off = tp_systems(enc.with_settings(normalize=False))  # doctest: +SKIP
-    >>> report = evaluate_classification([on, off], [read_classification("cr")])  # doctest: +SKIP
-    >>> report["tasks"][0]["accuracy"]  # doctest: +SKIP
-    {'TP on': 88.1, 'TP off': 86.9}
+    >>> columns = tp_systems(enc.with_settings(normalize=False))  # doctest: +SKIP
+    >>> minilm = baseline_system("sentence-transformers:all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> tasks = [read_classification("transfer/sst2")]  # doctest: +SKIP
+    >>> report = evaluate_classification([*columns, minilm], tasks)  # doctest: +SKIP
+    >>> round(report["tasks"][0]["accuracy"]["all-MiniLM-L6-v2"], 2)  # doctest: +SKIP
+    81.16
     """
     from tp_rag.classification import PROTOCOLS, classify, fold_count, protocol_settings
 
