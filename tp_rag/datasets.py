@@ -19,6 +19,10 @@ folder, ``read_beir_upload`` the same files uploaded loose or zipped (the demo),
 ``read_labelled_documents`` a ``docs/`` folder of files with BEIR queries and qrels (the demo's
 sample set). ``relevant_only`` keeps the queries with a positive label.
 
+Classification tasks (``read_classification``, SentEval's transfer tasks) are folders of
+``label<TAB>sentence`` files: ``all.tsv`` (cross-validation), or ``train.tsv`` and ``test.tsv``
+with an optional ``dev.tsv``.
+
 >>> task = read_sts("../shared/data/sts/stsbenchmark/sts-test.csv")  # doctest: +SKIP
 >>> task.name, len(task)  # doctest: +SKIP
 ('sts-test', 1379)
@@ -30,6 +34,7 @@ import json
 import warnings
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -581,3 +586,163 @@ def _jsonl(name: str, text: str) -> list[dict[str, Any]]:
             raise ValueError(f"{name}:{number}: a record has no '_id' field ({line[:80]})")
         records.append({**record, "_id": str(record["_id"])})
     return records
+
+
+# ---- classification (SentEval transfer tasks) --------------------------------------------------
+
+CLASSIFICATION_SPLITS: tuple[str, ...] = ("all", "train", "dev", "test")
+"""The files a classification folder may hold, ``<split>.tsv``."""
+
+MIN_PER_CLASS = 10
+"""Fewest lines per label in the file the classifier is cross-validated on (``all.tsv``, or
+``train.tsv`` without ``dev.tsv``): enough for 10-fold stratified cross-validation."""
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    """One ``label<TAB>sentence`` file: a label (as written, a string) per sentence."""
+
+    path: str
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    first_lines: dict[str, int]  # label -> the line it first appears on (for messages)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """A classification task: ``splits`` is ``{"all": ...}`` (cross-validation), or
+    ``{"train": ..., "test": ...}`` with an optional ``"dev"``."""
+
+    name: str
+    source: str
+    splits: dict[str, LabelledTexts]
+
+    @property
+    def protocol(self) -> str:
+        """``cv`` (``all.tsv``), ``dev`` (train/dev/test) or ``train-cv`` (train/test)."""
+        if "all" in self.splits:
+            return "cv"
+        return "dev" if "dev" in self.splits else "train-cv"
+
+    @property
+    def classes(self) -> list[str]:
+        """The labels, sorted (numerically when they are all integers)."""
+        labels = {label for split in self.splits.values() for label in split.labels}
+        return sorted(labels, key=_label_order)
+
+    def __len__(self) -> int:
+        return sum(len(split) for split in self.splits.values())
+
+
+def _label_order(label: str) -> tuple[int, int | str]:
+    try:
+        return (0, int(label))
+    except ValueError:
+        return (1, label)
+
+
+def read_labelled_texts(path: str | Path) -> LabelledTexts:
+    """Read one ``label<TAB>sentence`` file; refuses a line that is not one, naming it.
+
+    A label is one word (``0``, ``1``, ``POS``, ``NUM:dist``...): a line without a tab, an empty
+    label or a label with spaces in it (a sentence in the label column) is an error. Blank lines
+    are skipped; the sentence's whitespace is collapsed. A label with an empty sentence is kept,
+    as SentEval keeps it (CR has four).
+
+    >>> read_labelled_texts("../shared/data/transfer/cr/all.tsv").labels[:2]  # doctest: +SKIP
+    ('0', '0')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    texts: list[str] = []
+    labels: list[str] = []
+    first_lines: dict[str, int] = {}
+    expected = "expected one label<TAB>sentence per line"
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        label, tab, sentence = line.partition("\t")
+        label = label.strip()
+        where = f"{path}:{number}"
+        if not tab:
+            raise ValueError(f"{where}: no tab in {line[:60]!r}; {expected}")
+        if not label:
+            raise ValueError(f"{where}: the label is empty; {expected}")
+        if len(label.split()) > 1:
+            raise ValueError(
+                f"{where}: the label column holds {label[:60]!r}, which is not a label (a label "
+                f"is one word, e.g. 0, 1 or POS); {expected}"
+            )
+        texts.append(_collapse(sentence))
+        labels.append(label)
+        first_lines.setdefault(label, number)
+    if not texts:
+        raise ValueError(f"{path} is empty; {expected}")
+    return LabelledTexts(str(path), tuple(texts), tuple(labels), first_lines)
+
+
+def read_classification(folder: str | Path) -> ClassificationTask:
+    """Read a classification folder: ``all.tsv``, or ``train.tsv`` + ``test.tsv`` (+ ``dev.tsv``).
+
+    Refuses, naming the file (and line): a missing or mixed-up split, an empty file, a line that
+    is not ``label<TAB>sentence``, a single class, a label of ``dev``/``test`` absent from
+    ``train``, and a label too rare for cross-validation (fewer than ``MIN_PER_CLASS`` lines in
+    the file the classifier is cross-validated on).
+
+    >>> task = read_classification("../shared/data/transfer/sst2")  # doctest: +SKIP
+    >>> task.protocol, len(task.splits["train"])  # doctest: +SKIP
+    ('dev', 6920)
+    """
+    folder = Path(folder)
+    layout = (
+        "a classification folder holds all.tsv (10-fold cross-validation), or train.tsv and "
+        "test.tsv (and optionally dev.tsv), each one label<TAB>sentence per line"
+    )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; {layout}")
+    present = [s for s in CLASSIFICATION_SPLITS if (folder / f"{s}.tsv").is_file()]
+    if "all" in present and len(present) > 1:
+        others = ", ".join(f"{s}.tsv" for s in present if s != "all")
+        raise ValueError(f"{folder} holds both all.tsv and {others}: keep one layout; {layout}")
+    if "all" not in present:
+        missing = [s for s in ("train", "test") if s not in present]
+        if missing:
+            found = ", ".join(f"{s}.tsv" for s in present) or "none of them"
+            raise FileNotFoundError(
+                f"{folder / (missing[0] + '.tsv')} does not exist (found: {found}); {layout}"
+            )
+    splits = {split: read_labelled_texts(folder / f"{split}.tsv") for split in present}
+    task = ClassificationTask(folder.name, str(folder), splits)
+    fitted = splits["all" if "all" in splits else "train"]
+    if len(fitted.first_lines) < 2:
+        (label,) = fitted.first_lines
+        raise ValueError(
+            f"{fitted.path}: every line has the label {label!r}; a classifier needs at least "
+            "two classes"
+        )
+    for split in ("dev", "test"):
+        if split in splits:
+            unseen = [
+                label for label in splits[split].first_lines if label not in fitted.first_lines
+            ]
+            if unseen:
+                line = splits[split].first_lines[unseen[0]]
+                raise ValueError(
+                    f"{splits[split].path}:{line}: the label {unseen[0]!r} does not occur in "
+                    f"{fitted.path}; the classifier can only predict the labels it was trained on"
+                )
+    if task.protocol != "dev":
+        counts = Counter(fitted.labels)
+        rare = [label for label, count in counts.items() if count < MIN_PER_CLASS]
+        if rare:
+            label = rare[0]
+            raise ValueError(
+                f"{fitted.path}:{fitted.first_lines[label]}: the label {label!r} is on "
+                f"{counts[label]} line(s); cross-validation needs at least {MIN_PER_CLASS} lines "
+                "per label (is this line a header?)"
+            )
+    return task

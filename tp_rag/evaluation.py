@@ -12,12 +12,17 @@ code (``tp_rag.metrics``):
 - Retrieval: exact cosine search over a BEIR collection (documents are ``title + " " + text``),
   scored by ``pytrec_eval`` (trec_eval): nDCG@10, Recall@100 (``recall_at`` sets the cutoff;
   the demo's small sets use 10) and MRR@10, averaged over the judged queries.
+- Classification (SentEval's transfer tasks): accuracy % of a logistic regression trained on the
+  frozen vectors, by the protocol of ``tp_rag.classification`` (scikit-learn). The paper's
+  SentEval runs feed the classifier raw hidden states: build the TP columns over
+  ``encoder.with_settings(normalize=False)``.
 
 Both report their progress to an optional ``EvalProgress`` callback (the CLI prints it, the
 demo drives ``gr.Progress``) and return JSON-ready reports.
 
 Memory: one system at a time, so the peak is one column's vectors, ``O((n_texts) x d)`` floats
-(STS: the distinct sentences; retrieval: documents + queries), plus the encoder's batch.
+(STS: the distinct sentences; retrieval: documents + queries; classification: the distinct
+sentences of one task), plus the encoder's batch.
 ``tp_systems(encoder, cache=..., store=...)`` reuses vectors already computed for the same
 embedding space (``tp_rag.cache``): a second evaluation of the same data embeds nothing new.
 
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tp_rag.datasets import PAPER_TASKS, RetrievalSet, StsTask
+from tp_rag.datasets import PAPER_TASKS, ClassificationTask, RetrievalSet, StsTask
 from tp_rag.metrics import score_retrieval, sts_spearman, text_index
 
 if TYPE_CHECKING:
@@ -121,9 +126,17 @@ def tp_systems(
 
 
 def baseline_system(
-    spec: str, *, device: str | None = None, batch_size: int | None = None
+    spec: str,
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    normalize: bool | None = None,
 ) -> System:
     """A ``sentence-transformers:PATH_OR_NAME`` baseline column (needs the ``baseline`` extra).
+
+    ``normalize``: ``None`` gives the vectors as the model ships them; ``False`` drops the
+    model's trailing ``Normalize`` module (the raw pooled vectors);
+    ``True`` scales every vector to unit length.
 
     >>> baseline_system("sentence-transformers:all-MiniLM-L6-v2").name  # doctest: +SKIP
     'all-MiniLM-L6-v2'
@@ -160,15 +173,30 @@ def baseline_system(
                     "baseline is not in the local cache",
                 ) from error
             raise OSError(f"could not load baseline {name_or_path!r}: {error}") from error
+    if normalize is False:
+        from sentence_transformers.models import Normalize
+
+        modules = list(model)
+        while modules and isinstance(modules[-1], Normalize):
+            modules.pop()
+        if len(modules) < len(model):
+            model = SentenceTransformer(modules=modules, device=str(model.device))
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(
-            list(texts), batch_size=batch_size or 32, convert_to_numpy=True, show_progress_bar=None
+            list(texts),
+            batch_size=batch_size or 32,
+            convert_to_numpy=True,
+            show_progress_bar=None,
+            normalize_embeddings=bool(normalize),
         )
 
     path = Path(name_or_path)
     label = f"{path.parent.name}/{path.name}" if path.is_dir() and path.parent.name else path.name
-    return System(label, embed, {"kind": "sentence-transformers", "model": name_or_path})
+    description: dict[str, Any] = {"kind": "sentence-transformers", "model": name_or_path}
+    if normalize is not None:
+        description["normalize"] = normalize
+    return System(label, embed, description)
 
 
 def _embed_all(
@@ -260,6 +288,84 @@ def evaluate_retrieval(
         "queries": len(data.queries),
         "systems": {s.name: s.description for s in systems},
         "metrics": metrics,
+    }
+
+
+def evaluate_classification(
+    systems: Sequence[System],
+    tasks: Sequence[ClassificationTask],
+    *,
+    progress: EvalProgress | None = None,
+    fold_progress: EvalProgress | None = None,
+) -> dict[str, Any]:
+    """Accuracy % of every system on every classification task (``tp_rag.classification``).
+
+    One task at a time and one system at a time: only the distinct sentences of the task at
+    hand have vectors in memory, each embedded once per system (with a cache-backed system, a
+    rerun embeds nothing). ``progress`` counts texts embedded over all tasks and systems,
+    ``fold_progress`` the model selections run (10 per cross-validated task, 1 per other).
+    ``tasks[i]["accuracy"][system]`` is the figure; ``average`` the mean over the tasks.
+
+    >>> from tp_rag.datasets import read_classification
+    >>> columns = tp_systems(enc.with_settings(normalize=False))  # doctest: +SKIP
+    >>> minilm = baseline_system("sentence-transformers:all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> tasks = [read_classification("transfer/sst2")]  # doctest: +SKIP
+    >>> report = evaluate_classification([*columns, minilm], tasks)  # doctest: +SKIP
+    >>> round(report["tasks"][0]["accuracy"]["all-MiniLM-L6-v2"], 2)  # doctest: +SKIP
+    81.16
+    """
+    from tp_rag.classification import PROTOCOLS, classify, fold_count, protocol_settings
+
+    texts_per_task = [
+        text_index(t for split in task.splits.values() for t in split.texts)[0] for task in tasks
+    ]
+    total_texts = sum(len(texts) for texts in texts_per_task) * len(systems)
+    total_folds = sum(fold_count(task) for task in tasks) * len(systems)
+    counts = {"texts": 0, "folds": 0}
+    if tasks and systems:  # the totals, before the first text and the first fold
+        if progress is not None:
+            progress(0, total_texts, tasks[0].name)
+        if fold_progress is not None:
+            fold_progress(0, total_folds, tasks[0].name)
+    entries: list[dict[str, Any]] = []
+    for task, texts in zip(tasks, texts_per_task, strict=True):
+        entry: dict[str, Any] = {
+            "name": task.name,
+            "source": task.source,
+            "protocol": PROTOCOLS[task.protocol],
+            "sizes": {name: len(split) for name, split in task.splits.items()},
+            "classes": task.classes,
+        }
+        for key in ("accuracy", "dev_accuracy", "C", "unconverged_fits"):
+            entry[key] = {}
+        entries.append(entry)
+        index = {text: row for row, text in enumerate(texts)}
+        for system in systems:
+            what = f"{task.name}, {system.name}"
+            vectors = _embed_all(system, texts, task.name, progress, counts["texts"], total_texts)
+            counts["texts"] += len(texts)
+
+            def fold_done(what: str = what) -> None:
+                counts["folds"] += 1
+                if fold_progress is not None:
+                    fold_progress(counts["folds"], total_folds, what)
+
+            result = classify(task, vectors, index, on_fold=fold_done)
+            del vectors  # one task's vectors of one column alive at a time
+            for key, value in result.items():
+                entry[key][system.name] = value
+    average = {
+        system.name: float(np.mean([entry["accuracy"][system.name] for entry in entries]))
+        if entries
+        else None
+        for system in systems
+    }
+    return {
+        "kind": "classification",
+        "protocol": protocol_settings(),
+        "systems": {s.name: s.description for s in systems},
+        "tasks": entries,
+        "average": average,
     }
 
 

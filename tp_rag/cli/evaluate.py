@@ -1,4 +1,5 @@
-"""``tp-rag eval sts`` and ``tp-rag eval retrieval``: the evaluation library's reports as tables."""
+"""``tp-rag eval sts``, ``retrieval`` and ``classification``: the evaluation library's reports as
+tables."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tp_rag.evaluation import (
     BASELINE_PREFIX,
     System,
     baseline_system,
+    evaluate_classification,
     evaluate_retrieval,
     evaluate_sts,
     paper_summary,
@@ -66,6 +68,64 @@ class LineNotes:
         if what != self._what or now - self._said >= self._every or done >= total:
             self._what = what
             self._say(f"embedding {what}: {self._estimate}")
+
+
+class ClassificationNotes:
+    """The two counts of ``evaluate_classification`` (texts embedded, model selections run) as
+    stderr lines, with one estimate of the time left for both.
+
+    Embedding and classifying alternate (task by task, column by column), so each kind of work
+    gets its own rate: the time since the previous report of either kind is credited to the kind
+    just reported (a report comes right after the work it counts).
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._said = 0.0
+        self._what = ""
+        self._started = self._last = time.monotonic()
+        self._counts = {"texts": (0, 0), "folds": (0, 0)}  # kind -> (done, total)
+        self._seconds = {"texts": 0.0, "folds": 0.0}
+
+    def texts(self, done: int, total: int, what: str) -> None:
+        """``EvalProgress`` for the texts embedded."""
+        self._update("texts", done, total, f"embedding {what}")
+
+    def folds(self, done: int, total: int, what: str) -> None:
+        """``EvalProgress`` for the model selections run."""
+        self._update("folds", done, total, f"classifying {what}")
+
+    def seconds_left(self, kind: str | None = None) -> float | None:
+        """Time left at each kind's own rate (or for ``kind`` alone); ``None`` while a rate
+        needed is unknown."""
+        left = 0.0
+        for name, (done, total) in self._counts.items():
+            if done < total and kind in (None, name):
+                if done == 0:
+                    return None
+                left += self._seconds[name] / done * (total - done)
+        return left
+
+    def _update(self, kind: str, done: int, total: int, what: str) -> None:
+        from tqdm import tqdm
+
+        now = time.monotonic()
+        self._seconds[kind] += now - self._last
+        self._last = now
+        self._counts[kind] = (done, total)
+        finished = all(d >= t for d, t in self._counts.values())
+        if done == 0 or (what == self._what and now - self._said < self._every and not finished):
+            return
+        self._what, self._said = what, now
+        (texts, all_texts), (folds, all_folds) = self._counts.values()
+        line = f"{what}: {texts}/{all_texts} texts, {folds}/{all_folds} model selections, "
+        line += f"{tqdm.format_interval(now - self._started)}"
+        left, embedding_left = self.seconds_left(), self.seconds_left("texts")
+        if not finished and left is not None:
+            line += f" so far, about {tqdm.format_interval(left)} left"
+        elif not finished and embedding_left:  # no model selection timed yet
+            line += f" so far, about {tqdm.format_interval(embedding_left)} left to embed"
+        note(line)
 
 
 def sts_table(report: dict[str, Any]) -> Any:
@@ -142,15 +202,23 @@ def _cache(args: argparse.Namespace) -> EmbeddingCache | None:
     return cache
 
 
-def _systems(args: argparse.Namespace) -> list[System]:
-    """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order."""
+def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list[System]:
+    """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order.
+
+    ``normalize`` (``None``: the configuration's) sets the TP columns' L2 normalisation;
+    ``True`` also normalises the baselines, which otherwise give their vectors as their model
+    ships them."""
     systems: list[System] = []
     if not args.no_tp:
-        encoder = encoder_from_args(args)
+        encoder = encoder_from_args(args, **({} if normalize is None else {"normalize": normalize}))
         note(repr(encoder))
         systems += tp_systems(encoder, cache=_cache(args))
     for spec in args.baseline:
-        systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
+        systems.append(
+            baseline_system(
+                spec, device=args.device, batch_size=args.batch_size, normalize=normalize or None
+            )
+        )
     if not systems:
         raise ValueError("--no-tp leaves nothing to evaluate; add --baseline")
     return systems
@@ -264,6 +332,77 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def classification_table(report: dict[str, Any]) -> Any:
+    """Rows: tasks (and the average); columns: systems. Accuracy %."""
+    from rich.table import Table
+
+    systems = list(report["systems"])
+    table = Table(title="Classification: accuracy % of a logistic regression on the vectors")
+    table.add_column("task")
+    table.add_column("sentences", justify="right")
+    table.add_column("protocol")
+    for name in systems:
+        table.add_column(name, justify="right")
+    for task in report["tasks"]:
+        table.add_row(
+            task["name"],
+            str(sum(task["sizes"].values())),
+            task["protocol"],
+            *(f"{task['accuracy'][s]:.2f}" for s in systems),
+        )
+    if len(report["tasks"]) > 1:
+        table.add_row(
+            f"average ({len(report['tasks'])} tasks)",
+            "",
+            "",
+            *(f"{report['average'][s]:.2f}" for s in systems),
+        )
+    return table
+
+
+def run_eval_classification(args: argparse.Namespace) -> int:
+    """``tp-rag eval classification``: SentEval's transfer protocol on the columns."""
+    from tp_rag.datasets import read_classification
+
+    tasks = [read_classification(path) for path in args.data]  # refuse bad data before loading
+    _paper_notes(args)
+    systems = _systems(args, normalize=args.normalize)
+    notes = ClassificationNotes()
+    report = evaluate_classification(
+        systems, tasks, progress=notes.texts, fold_progress=notes.folds
+    )
+    report["normalize"] = args.normalize
+    for task in report["tasks"]:
+        for system, count in task["unconverged_fits"].items():
+            if count:
+                note(
+                    f"note: {count} logistic-regression fit(s) of {system} on {task['name']} "
+                    "stopped at the iteration limit before converging"
+                )
+    console().print(classification_table(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+CLASSIFICATION_HELP = """\
+SentEval's transfer-task protocol (the Token Prepending paper's second table): a logistic
+regression (scikit-learn, L2) is trained on the frozen sentence vectors and scored by accuracy %.
+Each --data folder holds one task as label<TAB>sentence files (labels: any one-word integers
+or strings, two or more classes):
+  all.tsv                    10-fold stratified shuffled cross-validation; in each training
+                             part C is chosen from {0.25, 0.5, 1, 2, 4, 8} by an inner 5-fold
+                             stratified shuffled cross-validation (MR, CR, SUBJ, MPQA)
+  train.tsv dev.tsv test.tsv C chosen on dev (fitted on train), accuracy on test (SST-2)
+  train.tsv test.tsv         C chosen by 5-fold cross-validation on train, accuracy on test
+                             (TREC)
+Folds and classifiers use the seed 1111. The TP on and TP off vectors are raw (not
+L2-normalised), as the authors' SentEval runs feed them; a --baseline gives its vectors as the
+model ships them (all-MiniLM-L6-v2 ends in a Normalize module). --normalize L2-normalises every
+column.
+"""
+
+
 def add_eval_options(
     parser: argparse.ArgumentParser, *, baseline: bool = True, cache: bool = True
 ) -> None:
@@ -295,9 +434,9 @@ def add_eval_options(
 
 
 def register(subparsers: Any) -> None:
-    """Add ``tp-rag eval sts`` and ``tp-rag eval retrieval``."""
+    """Add ``tp-rag eval sts``, ``tp-rag eval retrieval`` and ``tp-rag eval classification``."""
     evaluate = subparsers.add_parser(
-        "eval", help="STS or retrieval scores, TP on vs off (and baselines)"
+        "eval", help="STS, retrieval or classification scores, TP on vs off (and baselines)"
     )
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
@@ -335,3 +474,19 @@ def register(subparsers: Any) -> None:
     retrieval.add_argument("--split", default="test", help="qrels/<split>.tsv (default: test)")
     add_eval_options(retrieval)
     retrieval.set_defaults(func=run_eval_retrieval)
+
+    classification = kinds.add_parser(
+        "classification",
+        help="accuracy % of a logistic regression on the vectors (SentEval transfer tasks)",
+        description=CLASSIFICATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    classification.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    classification.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalise every column's vectors (default: TP vectors raw, as the paper's "
+        "SentEval runs; baselines as their model ships them)",
+    )
+    add_eval_options(classification)
+    classification.set_defaults(func=run_eval_classification)
