@@ -75,6 +75,11 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the model repository's own Python code (off by default)",
     )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="say which model, settings, device and number format (and why) were chosen",
+    )
 
 
 def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
@@ -87,9 +92,12 @@ def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
         if getattr(args, name, None) is not None
     }
     settings.update(overrides)
-    return TPEncoder.from_pretrained(
+    encoder = TPEncoder.from_pretrained(
         args.model, preset=args.preset, trust_remote_code=args.trust_remote_code, **settings
     )
+    if getattr(args, "verbose", False):
+        note(f"encoder: {encoder!r}")
+    return encoder
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, default_db: str | None) -> None:
