@@ -78,6 +78,7 @@ bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmark
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_fingerprint.py
 	$(PY) benchmarks/bench_ray_ingest.py
+	$(PY) benchmarks/bench_cpu_dtype.py
 
 dist: $(STAMP)  ## build sdists and wheels of tp-rag and the integrations into dist/, twine-checked
 	rm -rf $(DIST)

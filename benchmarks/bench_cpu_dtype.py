@@ -158,7 +158,7 @@ def main() -> None:
         record("bench_cpu_dtype.py", lines)
 
 
-def run(args: argparse.Namespace, model_dir: Path, shape: str) -> list[str]:
+def run(args: argparse.Namespace, model_dir: Path, model_name: str) -> list[str]:
     encoders = {
         "float32": TPEncoder.from_pretrained(model_dir, device=args.device, dtype="float32"),
         "auto": TPEncoder.from_pretrained(model_dir, device=args.device, dtype="auto"),
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, model_dir: Path, shape: str) -> list[str]:
 
     unit, scale = ("GFLOP/s", 1e9) if args.device == "cpu" else ("TFLOP/s", 1e12)
     lines = [
-        f"Model: random weights (bfloat16 file), exact config and tokenizer of `{shape}` "
+        f"Model: random weights (bfloat16 file), exact config and tokenizer of `{model_name}` "
         f"({reference.num_layers} layers, hidden {text.hidden_size}, MLP {text.intermediate_size}"
         f"), on {args.device}; TP on, layers [{config.tp_start}, {config.tp_stop}), "
         f"output_layer {config.output_layer} ({used_layers} layers run), prompt {config.prompt}, "
