@@ -4,6 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 STAMP := $(VENV)/.tp-rag-installed
+DIST ?= dist
 
 # Which torch build `make install` puts into .venv (before tp-rag, so pip keeps it). On Linux
 # without an NVIDIA GPU (no nvidia-smi on PATH) it is the CPU build from PyTorch's CPU index: the
@@ -12,8 +13,10 @@ STAMP := $(VENV)/.tp-rag-installed
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu126   (a given CUDA build)
 #   make install TORCH_INDEX=                                         (pip's default index)
 #   make install TORCH="torch==2.6.0"                                 (a given version)
+#   make install TORCH_PIP_OPTIONS="--retries 1 --timeout 15"         (pip options, torch step)
 # A torch already in .venv is kept; `make print-torch` shows the choice without installing.
 TORCH ?= torch
+TORCH_PIP_OPTIONS ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 NVIDIA_SMI := $(shell command -v nvidia-smi 2>/dev/null)
 ifeq ($(shell uname -s)$(NVIDIA_SMI),Linux)
@@ -27,7 +30,7 @@ TORCH_WHY := $(if $(filter file,$(origin TORCH_INDEX)),$(TORCH_MACHINE),TORCH_IN
 TORCH_FROM := $(if $(TORCH_INDEX),from $(TORCH_INDEX),from pip's default index)
 
 .DEFAULT_GOAL := help
-.PHONY: help install print-torch test test-all lint format demo bench clean
+.PHONY: help install print-torch test test-all lint format demo bench dist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +42,7 @@ $(STAMP): pyproject.toml $(INTEGRATIONS)
 		echo "torch is already in $(VENV): kept (make clean first to change the build)"; \
 	else \
 		echo "installing $(TORCH) $(TORCH_FROM) ($(TORCH_WHY))"; \
-		$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) || exit 1; \
+		$(PY) -m pip install -q $(TORCH_PIP_OPTIONS) "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) || exit 1; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	for p in $(dir $(INTEGRATIONS)); do $(PY) -m pip install -q -e "$$p[test]" || exit 1; done
@@ -75,6 +78,13 @@ bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmark
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_fingerprint.py
 	$(PY) benchmarks/bench_ray_ingest.py
+	$(PY) benchmarks/bench_cpu_dtype.py
+
+dist: $(STAMP)  ## build sdists and wheels of tp-rag and the integrations into dist/, twine-checked
+	rm -rf $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+	for p in $(dir $(INTEGRATIONS)); do $(PY) -m build --outdir $(DIST) $$p || exit 1; done
+	$(PY) -m twine check --strict $(DIST)/*
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

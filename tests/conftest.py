@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,21 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA_ENV = "TP_RAG_DATA"
 """Names a folder of real evaluation data (layout in the README, "Reproducing the validation
 figures"); without it, ``../shared/data`` is used where it exists."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _auto_dtype_is_float32_on_any_cpu() -> Iterator[None]:
+    """``dtype="auto"`` resolves in tests as on a CPU without native bfloat16 (float32), so
+    results and tolerances do not depend on which processor runs the suite. The bfloat16
+    choice itself is tested in test_dtype.py (which fakes the capabilities per test), and
+    bfloat16 numerics wherever a test asks for ``dtype="bfloat16"``. Subprocesses see the real
+    CPU: tests comparing their vectors with ours to float32 precision pass ``dtype="float32"``."""
+    import torch
+
+    reported = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cpu, "get_capabilities", lambda: reported)
+        yield
 
 
 @pytest.fixture(autouse=True)

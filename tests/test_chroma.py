@@ -209,7 +209,8 @@ def test_collection_retrieves_the_expected_document(tiny_llama: Path, tmp_path: 
 def test_persisted_collection_is_rebuilt_in_a_new_process(tiny_llama: Path, tmp_path: Path) -> None:
     """Reopening a stored collection in a fresh process rebuilds the same function from its
     config: same vectors, same query prompt, the right neighbour, and the weights read once."""
-    ef = TPEmbeddingFunction(str(tiny_llama), query_prompt=QUERY_PROMPT)
+    # float32: the new process must give the same vectors to 1e-5, whatever its CPU
+    ef = TPEmbeddingFunction(str(tiny_llama), query_prompt=QUERY_PROMPT, dtype="float32")
     db = tmp_path / "db"
     collection = chromadb.PersistentClient(str(db)).create_collection("docs", embedding_function=ef)
     collection.add(ids=list(DOCS), documents=list(DOCS.values()))

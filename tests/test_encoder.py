@@ -256,7 +256,7 @@ def test_vectors_identical_across_processes(tiny_llama: Path) -> None:
     """Another Python process gives bit-identical vectors (the <PST> row is not random)."""
     script = (
         "import json, sys; from tp_rag import TPEncoder; "
-        "enc = TPEncoder.from_pretrained(sys.argv[1]); "
+        "enc = TPEncoder.from_pretrained(sys.argv[1], dtype='float32'); "
         "print(json.dumps(enc.encode(json.loads(sys.argv[2])).tolist()))"
     )
     run = subprocess.run(
@@ -266,7 +266,7 @@ def test_vectors_identical_across_processes(tiny_llama: Path) -> None:
         check=True,
     )
     there = np.array(json.loads(run.stdout.strip().splitlines()[-1]), dtype=np.float32)
-    here = TPEncoder.from_pretrained(tiny_llama).encode(SHORT)
+    here = TPEncoder.from_pretrained(tiny_llama, dtype="float32").encode(SHORT)  # both CPUs alike
     assert np.array_equal(there, here)
 
 

@@ -82,8 +82,9 @@ def test_same_weights_load_once(tiny_llama: Path, weight_reads: list[str]) -> No
     count = len(weight_reads)
     second = TPEncoder.from_pretrained(tiny_llama, dtype="float32", tp=False, tp_stop=3)
     assert len(weight_reads) == count and second._loaded is first._loaded
-    TPEncoder.from_pretrained(tiny_llama, dtype="bfloat16")  # other weights in memory
+    other = TPEncoder.from_pretrained(tiny_llama, dtype="bfloat16")  # other weights in memory
     assert len(weight_reads) == count + 1
+    assert other._loaded is not first._loaded and other._loaded.dtype == torch.bfloat16
 
 
 def test_the_last_model_stays_loaded_until_another_is_requested(

@@ -102,7 +102,7 @@ class TPEncoder:
             name,
             config=hf_config,
             device=device,
-            dtype=loading.resolve_dtype(config.dtype, device),
+            dtype=loading.choose_dtype(config.dtype, device)[0],
             revision=revision,
             trust_remote_code=trust_remote_code,
             **(model_kwargs or {}),
@@ -127,6 +127,23 @@ class TPEncoder:
         return self._width(self.config.output_layer)
 
     @property
+    def dtype(self) -> str:
+        """The number format the model computes in: ``"float32"``, ``"bfloat16"`` or
+        ``"float16"``, which ``config.dtype="auto"`` resolves to on this machine (vectors are
+        float32 either way; ``dtype_reason`` says why this one).
+
+        >>> TPEncoder.from_pretrained(path, device="cpu").dtype  # doctest: +SKIP
+        'bfloat16'
+        """
+        return str(self._loaded.dtype).removeprefix("torch.")
+
+    @property
+    def dtype_reason(self) -> str:
+        """Why ``dtype`` is what it is, e.g. ``"auto: this CPU computes bfloat16 natively
+        (avx512_bf16)"`` (see ``loading.choose_dtype``)."""
+        return loading.choose_dtype(self.config.dtype, self._loaded.device)[1]
+
+    @property
     def tokenizer(self) -> Any:
         """The model's tokenizer, with ``<PST>`` added."""
         return self._loaded.tokenizer
@@ -142,7 +159,8 @@ class TPEncoder:
         return (
             f"TPEncoder(model={c.model!r}, prompt={c.prompt!r}, tp={c.tp}, tp_start={c.tp_start}, "
             f"tp_stop={c.tp_stop}, output_layer={c.output_layer}, pooling={c.pooling!r}, "
-            f"device={str(self._loaded.device)!r}, dtype={str(self._loaded.dtype)!r})"
+            f"device={str(self._loaded.device)!r}, dtype={self.dtype!r}, "
+            f"dtype_reason={self.dtype_reason!r})"
         )
 
     def with_settings(self, **changes: Any) -> TPEncoder:

@@ -102,11 +102,57 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA and float32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_X86_NATIVE_BFLOAT16 = ("amx_bf16", "avx512_bf16")  # AMX tiles; AVX-512 dot products (VDPBF16PS)
+_ARM_NATIVE_BFLOAT16 = ("sve_bf16", "bf16")  # Armv8.6 BFMMLA/BFDOT, which oneDNN (ACL) uses
+
+
+def native_cpu_bfloat16() -> str | None:
+    """The bfloat16 instructions this CPU has and torch computes bfloat16 matmuls with, as torch
+    reports them (``torch.cpu.get_capabilities()``), or ``None``: x86 ``amx_bf16`` or
+    ``avx512_bf16``; Arm ``sve_bf16`` or ``bf16`` where torch has oneDNN (its bfloat16 matmul
+    path there). Without them torch emulates bfloat16 with float32 arithmetic plus conversions,
+    which is slower than float32 itself. An older torch without ``get_capabilities`` is asked
+    ``torch.cpu._is_avx512_bf16_supported()`` if it has that, and otherwise gives ``None``.
+
+    >>> native_cpu_bfloat16()  # doctest: +SKIP
+    'avx512_bf16'
+    """
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:
+        older = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return "avx512_bf16" if older is not None and older() else None
+    capabilities = get_capabilities()  # x86 and Arm name their features differently
+    found = [name for name in _X86_NATIVE_BFLOAT16 if capabilities.get(name)]
+    if torch.backends.mkldnn.is_available():
+        found += [name for name in _ARM_NATIVE_BFLOAT16 if capabilities.get(name)]
+    return found[0] if found else None
+
+
+def choose_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The number format the model computes in, and why (shown by ``repr(encoder)``).
+
+    ``auto`` is bfloat16 on CUDA, bfloat16 on a CPU that computes it natively
+    (``native_cpu_bfloat16``), and float32 elsewhere (other CPUs, MPS). Only the weights and
+    the forward pass use it: tokenization, pooling and normalisation run in float32, and the
+    vectors come out in float32 either way.
+
+    >>> choose_dtype("auto", torch.device("cpu"))  # doctest: +SKIP
+    (torch.bfloat16, 'auto: this CPU computes bfloat16 natively (avx512_bf16)')
+    """
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        return _DTYPES[dtype], f"dtype={dtype!r} was asked for"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: bfloat16 on CUDA"
+    if device.type == "cpu":
+        native = native_cpu_bfloat16()
+        if native is not None:
+            return torch.bfloat16, f"auto: this CPU computes bfloat16 natively ({native})"
+        names = ", ".join(_X86_NATIVE_BFLOAT16 + _ARM_NATIVE_BFLOAT16)
+        return torch.float32, f"auto: float32, as torch finds no native bfloat16 (none of {names})"
+    return torch.float32, f"auto: float32 on {device.type}"
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--verbose",
         action="store_true",
-        help="show transformers' own loading bars instead of one 'loading MODEL' line",
+        help="show transformers' own loading bars, and say which model, settings, device and "
+        "number format (and why) were chosen",
     )
 
 
@@ -99,7 +100,10 @@ def encoder_from_args(args: argparse.Namespace, **overrides: Any) -> TPEncoder:
     from tp_rag.encoder import TPEncoder
 
     with loading_line(args.model or DEFAULT_MODEL, verbose=getattr(args, "verbose", False)):
-        return TPEncoder.from_pretrained(args.model, **{**encoder_options(args), **overrides})
+        encoder = TPEncoder.from_pretrained(args.model, **{**encoder_options(args), **overrides})
+    if getattr(args, "verbose", False):
+        note(f"encoder: {encoder!r}")
+    return encoder
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, default_db: str | None) -> None:
@@ -138,6 +142,9 @@ def open_store(args: argparse.Namespace, *, create: bool) -> TPStore:
     client = client_from_args(args)
     model = args.model or f"the model of collection {args.collection!r}"
     with loading_line(model, verbose=getattr(args, "verbose", False)):
-        return TPStore.open(
+        store = TPStore.open(
             client, args.collection, args.model, create=create, **encoder_options(args)
         )
+    if getattr(args, "verbose", False):
+        note(f"encoder: {store.encoder!r}")
+    return store
