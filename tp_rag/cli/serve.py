@@ -9,6 +9,8 @@ from typing import Any
 
 from tp_rag.cli.options import add_encoder_options, encoder_from_args, note
 
+_SERVER_MODULES = ("starlette", "uvicorn", "prometheus_client")  # the `serve` extra
+
 _LIMIT_HELP = {
     "max_concurrent_requests": "requests handled at once; more get 429 with Retry-After",
     "max_client_batch_size": "texts in one request; more get 413",
@@ -30,6 +32,15 @@ def served_name(model: str | None) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Check the options, then serve until SIGTERM or Ctrl-C."""
+    import importlib.util
+
+    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        note(
+            f"tp-rag serve: error: {', '.join(missing)} not installed; install the server's "
+            "dependencies with: pip install 'tp-rag[serve]'"
+        )
+        return 2
     from tp_rag.config import TPConfig
     from tp_rag.prompts import resolve_prompt
     from tp_rag.serve import API_KEY_ENV, ServeLimits, serve
