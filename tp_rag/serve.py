@@ -668,7 +668,7 @@ def create_app(
     started = time.time()
     routes = [
         Route("/embed", embed, methods=["POST"]),
-        Route("/models/{model_id}/embed", embed_model, methods=["POST"]),
+        Route("/models/{model_id:path}/embed", embed_model, methods=["POST"]),
         Route("/v1/embeddings", v1_embeddings, methods=["POST"]),
         Route("/v1/models", v1_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
