@@ -511,3 +511,21 @@ def test_bad_options_fail_before_loading(tmp_path: Path) -> None:
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         assert done.returncode == 2 and words in done.stderr, done.stderr
+
+
+def test_a_model_that_cannot_load_stops_the_server(tmp_path: Path) -> None:
+    """The server starts answering 503 at once, and a model that fails to load ends it with the
+    loading error on one line and exit status 2 (not a hanging server)."""
+    from servers import free_port
+
+    command = [sys.executable, "-m", "tp_rag", "serve", "--model", str(tmp_path / "absent")]
+    done = subprocess.run(
+        [*command, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "tp-rag serve: error:" in done.stderr
+    assert "Traceback" not in done.stderr

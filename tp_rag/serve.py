@@ -30,7 +30,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -190,7 +190,7 @@ class EmbeddingService:
         self.query_prompt = query_prompt
         self.metrics = metrics or _Metrics()
         self.encoder: TPEncoder | None = None
-        self.load_error: BaseException | None = None
+        self.load_error: Exception | None = None
         self._encoders: dict[str, TPEncoder] = {}
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
@@ -223,9 +223,8 @@ class EmbeddingService:
             self._encoders = input_encoders(encoder, self.query_prompt)
             self.encoder = encoder
             logger.info("model loaded: %r", encoder)
-        except BaseException as error:  # reported, and the server stops
+        except Exception as error:  # the server stops and ``serve`` raises it
             self.load_error = error
-            logger.error("could not load the model: %s", error)
             on_load_error()
             return
         stopping = False
@@ -468,7 +467,10 @@ def create_app(
         return parsed
 
     async def handle(
-        request: Request, route: str, error: Callable[..., Response], work
+        request: Request,
+        route: str,
+        error: Callable[..., Response],
+        work: Callable[[Request], Awaitable[Response]],
     ) -> Response:
         """Admission (readiness, the concurrency limit), then ``work``; errors become answers."""
         if not service.ready:
@@ -491,6 +493,9 @@ def create_app(
                     response = error(refused.status, refused.message, refused.param)
                 else:
                     response = error(refused.status, refused.message)
+            except Exception as failed:  # e.g. out of memory in a batch: this request fails
+                message = f"embedding failed on the server ({type(failed).__name__}: {failed})"
+                response = error(500, f"{message}; see the server's log")
             finally:
                 state["in_flight"] -= 1
                 metrics.in_flight.dec()
@@ -603,7 +608,6 @@ def create_app(
         body: dict[str, Any] = {
             "model_id": served_name,
             "model_ids": model_ids(served_name),
-            "model_type": {"embedding": {"pooling": "last-token"}},
             "version": __version__,
             "ready": encoder is not None,
             "auto_truncate": True,
@@ -613,6 +617,7 @@ def create_app(
         if encoder is not None:
             config = encoder.config
             body.update(
+                model_type={"embedding": {"pooling": config.pooling}},
                 model_dtype=str(encoder.placeholder_embedding.dtype).removeprefix("torch."),
                 max_input_length=config.max_length,
                 max_batch_tokens=config.batch_token_budget(
@@ -658,7 +663,7 @@ def create_app(
 
     stop_server: list[Callable[[], None]] = []
 
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start(lambda: [stop() for stop in stop_server])
         yield
         await service.stop()
@@ -703,8 +708,8 @@ def serve(
     query_prompt: str | None = None,
     log_level: str = "info",
 ) -> int:
-    """Run the server until SIGTERM or Ctrl-C; returns the exit status (0 after a drained
-    stop, 1 when the model could not be loaded).
+    """Run the server until SIGTERM or Ctrl-C; returns 0 after a drained stop, and raises the
+    loading error when the model could not be loaded (the server stops then).
 
     SIGTERM stops taking connections, lets the requests in flight finish, then exits 0.
     """
@@ -719,8 +724,11 @@ def serve(
     server = uvicorn.Server(config)
     app.state.stop_server.append(lambda: setattr(server, "should_exit", True))
     # uvicorn sends itself the signal again after its graceful shutdown; by then the requests
-    # in flight are answered, so a drained SIGTERM is a clean exit rather than death by signal.
+    # in flight are answered, so a drained stop is a clean exit rather than death by signal.
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, lambda signum, frame: None)
     server.run()
-    return 1 if app.state.service.load_error is not None else 0
+    if app.state.service.load_error is not None:
+        raise app.state.service.load_error
+    return 0
