@@ -244,7 +244,11 @@ class EmbeddingService:
             started = time.perf_counter()
             for job in jobs:
                 self.metrics.queue_seconds.observe(started - job.queued_at)
-            results = await asyncio.to_thread(self._compute, jobs)
+            try:
+                results = await asyncio.to_thread(self._compute, jobs)
+            except Exception as error:  # never leave requests waiting on a dead worker
+                logger.exception("the worker failed")
+                results = [error] * len(jobs)
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_requests.observe(len(jobs))
             self.metrics.batch_texts.observe(sum(len(job.texts) for job in jobs))
@@ -269,6 +273,10 @@ class EmbeddingService:
                 features = encoder.tokenize(job.texts, tp=job.tp)
             except (TypeError, ValueError) as error:
                 results[index] = RequestError(422, str(error), "input")
+                continue
+            except Exception as error:  # a tokenizer failure fails this request, not the worker
+                logger.exception("tokenizing failed")
+                results[index] = error
                 continue
             if not job.truncate:
                 per_text = len(encoder.config.templates)
