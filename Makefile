@@ -30,7 +30,7 @@ TORCH_WHY := $(if $(filter file,$(origin TORCH_INDEX)),$(TORCH_MACHINE),TORCH_IN
 TORCH_FROM := $(if $(TORCH_INDEX),from $(TORCH_INDEX),from pip's default index)
 
 .DEFAULT_GOAL := help
-.PHONY: help install print-torch test test-all lint format demo bench dist clean
+.PHONY: help install print-torch test test-all lint format demo serve bench dist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ format: $(STAMP)  ## ruff format and autofix
 
 demo: $(STAMP)  ## open the web demo on 127.0.0.1:7860 (MODEL=/path/to/local/model to run offline)
 	TP_RAG_MODEL_HINT='make demo MODEL={path}' $(VENV)/bin/tp-rag demo $(if $(MODEL),--model $(MODEL))
+
+serve: $(STAMP)  ## serve embeddings (TEI + OpenAI APIs) on 127.0.0.1:8080 (MODEL=..., ARGS="--port 9000 ...")
+	TP_RAG_MODEL_HINT='make serve MODEL={path}' $(VENV)/bin/tp-rag serve $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 bench: $(STAMP)  ## run the benchmarks on CPU (prints tables; see docs/benchmarks.md)
 	$(PY) benchmarks/bench_encoder.py

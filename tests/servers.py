@@ -89,3 +89,44 @@ def demo(
         yield url
     finally:
         stop(server)
+
+
+@contextmanager
+def tp_rag_serve(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``tp-rag serve ARGS`` on 127.0.0.1 and a free port; yields ``(url, process)`` once
+    ``/health`` says 200 (fails if the command exits or takes over ``timeout`` seconds), then
+    stops it with SIGTERM."""
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    # A file, not a pipe: a full pipe would stall the server. Closed in the finally below.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tp_rag", "serve", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=None if env is None else dict(env),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"tp-rag serve exited:\n{log.read().decode()[-3000:]}")
+            assert time.monotonic() < deadline, f"tp-rag serve did not start in {timeout:.0f} s"
+            time.sleep(0.2)
+        yield url, server
+    finally:
+        if server.poll() is None:
+            stop(server)
+        log.close()

@@ -8,9 +8,11 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import tp_rag_serve
 
 from tp_rag.testing import save_tiny_model
 
@@ -28,14 +30,18 @@ MODEL_PLACES = [
 ]
 
 
+SERVED_URL = "http://127.0.0.1:8080"
+"""Where the "Serving" blocks reach ``tp-rag serve``; the test points them at its own server."""
+
+
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def with_model(block: str, model: str) -> str:
+def with_model(block: str, model: str, url: str = SERVED_URL) -> str:
     for pattern, replacement in MODEL_PLACES:
         block = re.sub(pattern, replacement.format(model=model).replace("\\", "\\\\"), block)
-    return block
+    return block.replace(SERVED_URL, url)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,13 @@ def readme_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2-shaped model as deep as the default (24 layers), so layer numbers in the
     examples are valid."""
     return save_tiny_model(tmp_path_factory.mktemp("readme") / "qwen2", "qwen2", num_layers=24)
+
+
+@pytest.fixture(scope="module")
+def readme_server(readme_model: Path) -> Iterator[str]:
+    """``tp-rag serve`` over the tiny model under the name the "Serving" blocks use."""
+    with tp_rag_serve(["--model", str(readme_model), "--served-model-name", "qwen"]) as (url, _):
+        yield url
 
 
 def run_blocks(blocks: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -64,19 +77,22 @@ def run_blocks(blocks: list[str], cwd: Path) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_every_readme_python_block_runs(readme_model: Path, tmp_path: Path) -> None:
+def test_every_readme_python_block_runs(
+    readme_model: Path, readme_server: str, tmp_path: Path
+) -> None:
     """All blocks run without error, and each one that loads a model names it where the test
-    can swap in the tiny one (so none would silently reach for the hub)."""
+    can swap in the tiny one (so none would silently reach for the hub); the "Serving" blocks
+    talk to a real ``tp-rag serve`` of that model."""
     blocks = python_blocks(README.read_text(encoding="utf-8"))
     assert len(blocks) >= 7
-    runnable = [with_model(block, str(readme_model)) for block in blocks]
+    runnable = [with_model(block, str(readme_model), readme_server) for block in blocks]
     for original, changed in zip(blocks, runnable, strict=True):
         if "from_pretrained" in original or "Embedding" in original:
             assert changed != original, f"no model to replace in:\n{original}"
     result = run_blocks(runnable, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"--- block {len(blocks)}" in result.stdout
-    # The last Chroma block reopens the collection "in a new process": do exactly that.
-    reopen = run_blocks([runnable[-1]], tmp_path)
+    # The Chroma block that reopens the collection does it "in a new process": do exactly that.
+    reopen = run_blocks([next(b for b in runnable if "get_collection(" in b)], tmp_path)
     assert reopen.returncode == 0, reopen.stderr[-3000:]
     assert "Cairo" in reopen.stdout

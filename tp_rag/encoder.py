@@ -312,6 +312,40 @@ class TPEncoder:
         self._check_max_length(templates)
         return self._prompt_features(items, tp=use_tp, templates=templates)
 
+    def encode_tokenized(
+        self,
+        features: Sequence[PromptFeatures],
+        *,
+        tp: bool | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """The rest of ``encode`` for prompts made by ``tokenize`` (with this encoder's prompt
+        and the same ``tp``): one ``(n_texts, d)`` float32 row per text, its prompts averaged,
+        L2-normalised if ``normalize`` (default: the config's). A server tokenizes the texts of
+        many requests apart and runs them here as one length-sorted, token-budget job.
+
+        >>> enc.encode_tokenized(enc.tokenize(["a", "b"])).shape  # doctest: +SKIP
+        (2, 896)
+        """
+        layer = self.config.output_layer
+        assert layer is not None  # resolved in __init__
+        if not features:
+            return np.zeros((0, self._width(layer)), dtype=np.float32)
+        use_tp = self.config.tp if tp is None else bool(tp)
+        vectors = self._run(
+            list(features),
+            readout_layers=[hidden_states_index(layer, self._num_layers)],
+            tp=use_tp,
+            batch_size=self.config.batch_size,
+            show_progress=False,
+        )[hidden_states_index(layer, self._num_layers)]
+        per_text = len(self.config.templates)
+        if per_text > 1:  # MetaEOL: average the vectors of the prompts
+            vectors = vectors.reshape(-1, per_text, vectors.shape[1]).mean(axis=1)
+        if self.config.normalize if normalize is None else normalize:
+            vectors = unit_rows(vectors)
+        return vectors
+
     def _prompt_features(
         self, items: list[str], *, tp: bool, templates: tuple[str, ...]
     ) -> list[PromptFeatures]:

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tp_rag.cli.demo",
     "tp_rag.cli.evaluate",
     "tp_rag.cli.tune",
+    "tp_rag.cli.serve",
 )
 """Modules that add subcommands (``register(subparsers)``), in ``--help`` order."""
 
