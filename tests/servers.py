@@ -105,8 +105,10 @@ def tp_rag_serve(
     port = free_port()
     # A file, not a pipe: a full pipe would stall the server. Closed in the finally below.
     log = tempfile.TemporaryFile()  # noqa: SIM115
+    # float32 as the tests' in-process encoders (conftest): dtype="auto" would be bfloat16 on a
+    # CPU with native bfloat16, and the tests compare vectors to 1e-6. ARGS may override it.
     server = subprocess.Popen(
-        [sys.executable, "-m", "tp_rag", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "tp_rag", "serve", "--port", str(port), "--dtype", "float32", *args],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=None if env is None else dict(env),
