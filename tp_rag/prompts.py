@@ -1,8 +1,12 @@
 """Prompt templates and the paper's sentence clean-up.
 
-A template holds ``{text}`` (the sentence, after clean-up) and ``{pst}`` (where the
+A TP template holds ``{text}`` (the sentence, after clean-up) and ``{pst}`` (where the
 placeholder goes). With TP on, ``{pst}`` becomes ``"<PST> "`` (the placeholder token and one
 space); with TP off it becomes ``""``, so TP off is the same prompt without the placeholder.
+
+An HTP template (hierarchical Token Prepending, Ding et al., 2025) holds ``{text}`` only: the
+placeholders go inside the text, a ``<PST>`` before each sentence and as many ``<B-PST>`` at its
+start (``render_passage``); HTP off is the same template without any placeholder.
 
 The built-in templates are the exact strings of the Token Prepending paper's experiments
 (Fu et al., ACL 2025), which in turn come from PromptEOL (Jiang et al., 2023), Pretended CoT and
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 
 PLACEHOLDER = "<PST>"
 """The placeholder token added to the tokenizer, as in the paper."""
+BOUNDARY_PLACEHOLDER = "<B-PST>"
+"""HTP's second placeholder: one copy per sentence at the start of the text."""
 
 _METAEOL_TAIL_ENHANCE = 'To enhance the performance of this task, this sentence : {pst}"{text}"'
 
@@ -60,6 +66,16 @@ BUILTIN_PROMPTS: dict[str, tuple[str, ...]] = {
 }
 """Built-in prompt name -> its templates (MetaEOL has 8, whose vectors are averaged)."""
 
+HTP_PROMPTS: dict[str, tuple[str, ...]] = {
+    "htp-document": ("{text}",),
+    "htp-query": ("Retrieve relevant document. Text:{text}",),
+}
+"""Built-in HTP templates (the HTP paper's): documents are the text alone, queries carry the
+retrieval instruction. The model's EOS token closes every HTP prompt."""
+
+PROMPT_METHODS: dict[str, dict[str, tuple[str, ...]]] = {"tp": BUILTIN_PROMPTS, "htp": HTP_PROMPTS}
+"""Method -> its built-in prompts."""
+
 
 @dataclass(frozen=True)
 class RenderedPrompt:
@@ -67,22 +83,54 @@ class RenderedPrompt:
 
     text: str
     text_span: tuple[int, int]
+    """From the text's first character to its last (placeholders inside it included)."""
     placeholder_start: int | None
+    """TP: where ``<PST>`` starts; ``None`` for TP off and for HTP."""
+    text_spans: tuple[tuple[int, int], ...] = ()
+    """The text's own characters as spans (HTP cuts the text into sentences); ``()`` means
+    ``(text_span,)``."""
+    sentence_starts: tuple[int, ...] = ()
+    """HTP: where each sentence's ``<PST>`` starts."""
+    boundary_starts: tuple[int, ...] = ()
+    """HTP: where each ``<B-PST>`` starts (as many as sentences)."""
 
 
-def resolve_prompt(prompt: str) -> tuple[str, ...]:
+def resolve_prompt(prompt: str, method: str = "tp") -> tuple[str, ...]:
     """Return the templates of a built-in prompt name, or validate a custom template.
+
+    TP templates hold ``{text}`` and ``{pst}`` once each; HTP templates hold ``{text}`` once
+    and no ``{pst}`` (HTP places its own placeholders).
 
     >>> resolve_prompt("prompteol")
     ('This sentence : {pst}"{text}" means in one word:"',)
+    >>> resolve_prompt("htp-query", "htp")
+    ('Retrieve relevant document. Text:{text}',)
     """
-    if prompt in BUILTIN_PROMPTS:
-        return BUILTIN_PROMPTS[prompt]
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(PROMPT_METHODS)}")
+    builtin = PROMPT_METHODS[method]
+    if prompt in builtin:
+        return builtin[prompt]
+    names = ", ".join(sorted(builtin))
+    for other, prompts in PROMPT_METHODS.items():
+        if other != method and prompt in prompts:
+            raise ValueError(
+                f"prompt {prompt!r} is a built-in {other.upper()} prompt, but method={method!r}; "
+                f"use one of {method.upper()}'s ({names}) or set method={other!r}"
+            )
+    if method == "htp":
+        if prompt.count("{text}") != 1 or "{pst}" in prompt:
+            raise ValueError(
+                f"prompt {prompt!r} is neither a built-in HTP prompt name ({names}) nor an HTP "
+                "template: an HTP template contains {text} exactly once and no {pst} (HTP puts "
+                "its placeholders inside the text), e.g. 'Represent this passage:{text}'."
+            )
+        return (prompt,)
     missing = [field for field in ("{text}", "{pst}") if prompt.count(field) != 1]
     if missing:
         raise ValueError(
             f"prompt {prompt!r} is neither a built-in prompt name "
-            f"({', '.join(sorted(BUILTIN_PROMPTS))}) nor a custom template: a template must "
+            f"({names}) nor a custom template: a template must "
             f"contain {' and '.join(missing)} exactly once, e.g. "
             '\'This passage : {pst}"{text}" means in one word:"\'.'
         )
@@ -90,7 +138,7 @@ def resolve_prompt(prompt: str) -> tuple[str, ...]:
 
 
 def is_builtin(prompt: str) -> bool:
-    """True for the names of the paper's prompts."""
+    """True for the names of the TP paper's prompts (those the sentence clean-up is for)."""
     return prompt in BUILTIN_PROMPTS
 
 
@@ -132,4 +180,44 @@ def render(template: str, text: str, *, tp: bool) -> RenderedPrompt:
         text=before_filled + text + after_filled,
         text_span=(start, start + len(text)),
         placeholder_start=placeholder_start,
+    )
+
+
+def render_passage(
+    template: str, text: str, sentence_ends: list[int], *, tp: bool
+) -> RenderedPrompt:
+    """Fill an HTP template: with ``tp``, ``<B-PST>`` once per sentence at the start of the
+    text and ``<PST>`` before each sentence; without, the template and the text alone.
+
+    ``sentence_ends`` are the character offsets in ``text`` where each sentence's last
+    non-blank character ends (``tp_rag.sentences.sentence_ends``). A ``<PST>`` goes right after
+    the previous sentence's end, before the blank between sentences, so the next sentence's
+    first word keeps the space it is tokenized with in running text.
+
+    >>> render_passage("{text}", "Hi there. Bye.", [9, 14], tp=True).text
+    '<B-PST><B-PST><PST>Hi there.<PST> Bye.'
+    """
+    before, after = template.split("{text}")
+    if not tp or not sentence_ends:
+        start = len(before)
+        return RenderedPrompt(before + text + after, (start, start + len(text)), None)
+    out = before + BOUNDARY_PLACEHOLDER * len(sentence_ends)
+    boundary_starts = tuple(
+        len(before) + k * len(BOUNDARY_PLACEHOLDER) for k in range(len(sentence_ends))
+    )
+    cuts = [0, *sentence_ends[:-1], len(text)]
+    sentence_starts, spans = [], []
+    for k in range(len(sentence_ends)):
+        sentence_starts.append(len(out))
+        out += PLACEHOLDER
+        piece = text[cuts[k] : cuts[k + 1]]
+        spans.append((len(out), len(out) + len(piece)))
+        out += piece
+    return RenderedPrompt(
+        text=out + after,
+        text_span=(spans[0][0], spans[-1][1]),
+        placeholder_start=None,
+        text_spans=tuple(spans),
+        sentence_starts=tuple(sentence_starts),
+        boundary_starts=boundary_starts,
     )
