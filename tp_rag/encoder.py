@@ -17,7 +17,6 @@ from tp_rag import loading
 from tp_rag.config import DEFAULT_MODEL, TPConfig, hidden_states_index
 from tp_rag.presets import default_settings, read_preset_file
 from tp_rag.prompts import (
-    BOUNDARY_PLACEHOLDER,
     PLACEHOLDER,
     RenderedPrompt,
     clean_sentence,
@@ -444,89 +443,72 @@ class TPEncoder:
             ids, starts, ends, overlaps = ids[keep], starts[keep], ends[keep], overlaps[keep]
         if prompt.placeholder_start is None:
             return PromptFeatures(ids, overlaps, _NO_PAIRS, _NO_PAIRS, truncated=excess > 0)
-        at = np.array([prompt.placeholder_start])
-        placeholder = self._find(ids, starts, ends, at, self._loaded.placeholder_id, prompt)
-        source = np.array([len(ids) - 1])
+        at = prompt.placeholder_start
+        matches = np.flatnonzero(
+            (ids == self._loaded.placeholder_id) & (starts <= at) & (ends > at)
+        )
+        if len(matches) != 1:
+            raise RuntimeError(
+                f"the tokenizer did not keep {PLACEHOLDER} as one "
+                f"token in {prompt.text!r}; please report this with the model name"
+            )
+        placeholder, source = matches[:1], np.array([len(ids) - 1])
         return PromptFeatures(ids, overlaps, placeholder, source, truncated=excess > 0)
 
     def _passage_features(
         self, prompt: RenderedPrompt, ids: np.ndarray, spans: np.ndarray, truncate: bool
     ) -> PromptFeatures:
-        """HTP: per sentence ``k``, its ``<PST>`` and ``<B-PST>`` number ``k`` <- its last token
-        (the last sentence's: the first token after the text). A cut drops text from the end,
-        and a sentence left without text goes with both its placeholders."""
+        """HTP: the prompt's ids with ``<B-PST>`` x n inserted where the text starts and a
+        ``<PST>`` before each sentence's first token. Sentence ``k``'s two placeholders <- its
+        last token (the last sentence's: the first token after the text). A cut drops text from
+        the end, and a sentence left without text goes with both its placeholders."""
         starts, ends = spans[:, 0], spans[:, 1]  # (seq,) character offsets into prompt.text
-        is_text = np.zeros(len(prompt.text) + 1, dtype=np.int64)
-        for span_start, span_end in prompt.text_spans or (prompt.text_span,):
-            is_text[span_start:span_end] = 1
-        text_chars = np.concatenate([[0], np.cumsum(is_text)])  # text characters before offset i
-        text_mask = text_chars[ends] - text_chars[starts] > 0  # (seq,) overlaps the text
-        excess = len(ids) - self.config.max_length if truncate else 0
-        n = len(prompt.sentence_starts)
-        if n == 0:  # HTP off, or no sentence (blank text)
+        text_start, text_end = prompt.text_span
+        text_mask = (starts < text_end) & (ends > text_start)
+        # Sentence k is tokens [first[k], first[k + 1]): from the first token with a character
+        # at or past its start to the first token after the text (the EOS at the latest). A
+        # sentence that shares its only token with the one before joins that one.
+        after_text = int(np.flatnonzero(text_mask)[-1]) + 1 if text_mask.any() else len(ids)
+        first = np.unique(np.searchsorted(ends, np.array(prompt.sentence_starts), side="right"))
+        first = first[first < after_text]
+        n = len(first)
+        excess = len(ids) + 2 * n - self.config.max_length if truncate else 0
+        if n == 0:  # HTP off, or no sentence (a blank text)
             if excess > 0:
                 inside = text_mask & (ends > starts)
                 keep = ~(inside & (np.cumsum(inside) > inside.sum() - excess))
                 ids, text_mask = ids[keep], text_mask[keep]
             return PromptFeatures(ids, text_mask, _NO_PAIRS, _NO_PAIRS, truncated=excess > 0)
-        psts = self._find(
-            ids, starts, ends, np.array(prompt.sentence_starts), self._loaded.placeholder_id, prompt
-        )
-        bpsts = self._find(
-            ids, starts, ends, np.array(prompt.boundary_starts), self._loaded.boundary_id, prompt
-        )
-        # Sentence k's tokens lie between its <PST> and the next; the last one's end before the
-        # first token after the text (the EOS at the latest).
-        after_text = int(np.flatnonzero(text_mask)[-1]) + 1
-        bounds = [*psts.tolist(), after_text]
+        bounds = [*first.tolist(), after_text]
         keep = np.ones(len(ids), dtype=bool)
         kept = n
         while excess > 0:
             last = kept - 1
-            first_token, stop = bounds[last] + 1, bounds[last + 1]
-            count = stop - first_token
+            count = bounds[last + 1] - bounds[last]
             if count <= excess and last > 0:  # the whole sentence goes, with its placeholders
-                keep[first_token:stop] = False
-                keep[psts[last]] = keep[bpsts[last]] = False
+                keep[bounds[last] : bounds[last + 1]] = False
                 excess -= count + 2
                 kept -= 1
             else:  # _check_max_length leaves sentence 0 at least one token
-                keep[stop - excess : stop] = False
+                keep[bounds[last + 1] - excess : bounds[last + 1]] = False
                 excess = 0
-        position = np.cumsum(keep) - 1  # old position -> new
-        new_psts = position[psts[:kept]]
-        sources = np.append(new_psts[1:] - 1, position[after_text])
-        return PromptFeatures(
+        position = np.cumsum(keep) - 1  # old position -> position among the kept tokens
+        at = position[first[:kept]]  # where each kept sentence starts
+        ids = np.insert(
             ids[keep],
-            text_mask[keep]
-            & (ids[keep] != self._loaded.placeholder_id)
-            & (ids[keep] != self._loaded.boundary_id),
-            np.concatenate([new_psts, position[bpsts[:kept]]]),
-            np.concatenate([sources, sources]),
-            truncated=kept < n or not keep.all(),
+            [at[0]] * kept + at.tolist(),
+            [self._loaded.boundary_id] * kept + [self._loaded.placeholder_id] * kept,
         )
-
-    def _find(
-        self,
-        ids: np.ndarray,
-        starts: np.ndarray,
-        ends: np.ndarray,
-        at: np.ndarray,
-        token_id: int,
-        prompt: RenderedPrompt,
-    ) -> np.ndarray:
-        """Positions of the tokens with ``token_id`` whose spans hold the characters ``at``."""
-        candidates = np.flatnonzero(ids == token_id)
-        found = np.searchsorted(ends[candidates], at, side="right")  # first span ending past at
-        ok = found < len(candidates)
-        positions = candidates[np.minimum(found, len(candidates) - 1)] if len(candidates) else found
-        if not ok.all() or not (starts[positions] <= at).all():
-            name = PLACEHOLDER if token_id == self._loaded.placeholder_id else BOUNDARY_PLACEHOLDER
-            raise RuntimeError(
-                f"the tokenizer did not keep {name} as one token in {prompt.text!r}; please "
-                "report this with the model name"
-            )
-        return positions.astype(np.int64)
+        text_mask = np.insert(text_mask[keep], [at[0]] * kept + at.tolist(), False)
+        psts = at + kept + np.arange(kept)  # after the n <B-PST> and the k earlier <PST>
+        sources = np.append(psts[1:] - 1, position[after_text] + 2 * kept)
+        return PromptFeatures(
+            ids,
+            text_mask,
+            np.concatenate([psts, at[0] + np.arange(kept)]),
+            np.concatenate([sources, sources]),
+            truncated=not keep.all(),
+        )
 
     def _width(self, index: int) -> int:
         """Vector width at ``hidden_states`` index ``index`` (one tiny forward pass, cached)."""

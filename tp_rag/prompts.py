@@ -6,7 +6,7 @@ space); with TP off it becomes ``""``, so TP off is the same prompt without the 
 
 An HTP template (hierarchical Token Prepending, Ding et al., 2025) holds ``{text}`` only: the
 placeholders go inside the text, a ``<PST>`` before each sentence and as many ``<B-PST>`` at its
-start (``render_passage``); HTP off is the same template without any placeholder.
+start (``render_passage`` says where); HTP off is the same prompt without any placeholder.
 
 The built-in templates are the exact strings of the Token Prepending paper's experiments
 (Fu et al., ACL 2025), which in turn come from PromptEOL (Jiang et al., 2023), Pretended CoT and
@@ -86,13 +86,8 @@ class RenderedPrompt:
     """From the text's first character to its last (placeholders inside it included)."""
     placeholder_start: int | None
     """TP: where ``<PST>`` starts; ``None`` for TP off and for HTP."""
-    text_spans: tuple[tuple[int, int], ...] = ()
-    """The text's own characters as spans (HTP cuts the text into sentences); ``()`` means
-    ``(text_span,)``."""
     sentence_starts: tuple[int, ...] = ()
-    """HTP: where each sentence's ``<PST>`` starts."""
-    boundary_starts: tuple[int, ...] = ()
-    """HTP: where each ``<B-PST>`` starts (as many as sentences)."""
+    """HTP on: where each sentence starts (its ``<PST>`` goes before the token there)."""
 
 
 def resolve_prompt(prompt: str, method: str = "tp") -> tuple[str, ...]:
@@ -186,38 +181,25 @@ def render(template: str, text: str, *, tp: bool) -> RenderedPrompt:
 def render_passage(
     template: str, text: str, sentence_ends: list[int], *, tp: bool
 ) -> RenderedPrompt:
-    """Fill an HTP template: with ``tp``, ``<B-PST>`` once per sentence at the start of the
-    text and ``<PST>`` before each sentence; without, the template and the text alone.
+    """Fill an HTP template; with ``tp``, also say where each sentence starts.
+
+    The prompt string never holds the placeholders: the encoder inserts their ids into the
+    token ids of this string (``<B-PST>`` x n where the text starts, ``<PST>`` before the first
+    token of each sentence). Added tokens are matched differently by each tokenizer (Llama-2's
+    normalizer finds ``<PST>`` only after a space), whereas inserted ids leave the text's own
+    tokens exactly as in running text, and HTP off is the same ids without the placeholders.
 
     ``sentence_ends`` are the character offsets in ``text`` where each sentence's last
-    non-blank character ends (``tp_rag.sentences.sentence_ends``). A ``<PST>`` goes right after
-    the previous sentence's end, before the blank between sentences, so the next sentence's
-    first word keeps the space it is tokenized with in running text.
+    non-blank character ends (``tp_rag.sentences.sentence_ends``). Sentence ``k`` starts where
+    sentence ``k - 1`` ends, so the blank between two sentences belongs to the later one, as
+    its first word's leading space does in running text.
 
-    >>> render_passage("{text}", "Hi there. Bye.", [9, 14], tp=True).text
-    '<B-PST><B-PST><PST>Hi there.<PST> Bye.'
+    >>> render_passage("Q:{text}", "Hi there. Bye.", [9, 14], tp=True).sentence_starts
+    (2, 11)
     """
     before, after = template.split("{text}")
-    if not tp or not sentence_ends:
-        start = len(before)
-        return RenderedPrompt(before + text + after, (start, start + len(text)), None)
-    out = before + BOUNDARY_PLACEHOLDER * len(sentence_ends)
-    boundary_starts = tuple(
-        len(before) + k * len(BOUNDARY_PLACEHOLDER) for k in range(len(sentence_ends))
-    )
-    cuts = [0, *sentence_ends[:-1], len(text)]
-    sentence_starts, spans = [], []
-    for k in range(len(sentence_ends)):
-        sentence_starts.append(len(out))
-        out += PLACEHOLDER
-        piece = text[cuts[k] : cuts[k + 1]]
-        spans.append((len(out), len(out) + len(piece)))
-        out += piece
+    start = len(before)
+    starts = (start, *(start + end for end in sentence_ends[:-1])) if tp and sentence_ends else ()
     return RenderedPrompt(
-        text=out + after,
-        text_span=(spans[0][0], spans[-1][1]),
-        placeholder_start=None,
-        text_spans=tuple(spans),
-        sentence_starts=tuple(sentence_starts),
-        boundary_starts=boundary_starts,
+        before + text + after, (start, start + len(text)), None, sentence_starts=starts
     )
