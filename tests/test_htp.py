@@ -386,3 +386,31 @@ def test_htp_from_pretrained_defaults_and_errors(tiny_llama: Path) -> None:
         encoder.with_settings(method="tp")
     with pytest.raises(ValueError, match="max_length"):
         TPEncoder.from_pretrained(tiny_llama, method="htp", max_length=4)
+
+
+def test_adapters_embed_queries_with_the_query_template(tiny_llama: Path) -> None:
+    """LangChain, LlamaIndex and Chroma take ``method`` like any TPConfig field and embed
+    queries with ``encode(..., query=True)``, documents without; Chroma's stored config
+    rebuilds the same HTP function."""
+    from tp_rag.chroma import TPEmbeddingFunction
+
+    langchain_tp = pytest.importorskip("langchain_tp")
+    llama_tp = pytest.importorskip("llama_index.embeddings.tp")
+    settings = {"method": "htp", "tp_stop": 3, "output_layer": 3}
+    encoder = TPEncoder.from_pretrained(tiny_llama, **settings)
+    text = "The wing stalls. Lift drops."
+    query, document = encoder.encode(text, query=True), encoder.encode(text)
+    assert np.abs(query - document).max() > 1e-4
+    lc = langchain_tp.TPEmbeddings(model=str(tiny_llama), **settings)
+    li = llama_tp.TPEmbedding(str(tiny_llama), **settings)
+    ef = TPEmbeddingFunction(str(tiny_llama), **settings)
+    for got_query, got_document in (
+        (lc.embed_query(text), lc.embed_documents([text])[0]),
+        (li.get_query_embedding(text), li.get_text_embedding(text)),
+        (ef.embed_query([text])[0], ef([text])[0]),
+    ):
+        assert np.allclose(got_query, query, atol=1e-6)
+        assert np.allclose(got_document, document, atol=1e-6)
+    rebuilt = TPEmbeddingFunction.build_from_config(ef.get_config())
+    assert rebuilt.encoder.config.method == "htp"
+    assert np.allclose(rebuilt.embed_query([text])[0], query, atol=1e-6)

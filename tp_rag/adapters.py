@@ -2,10 +2,10 @@
 
 The LangChain, LlamaIndex and Chroma adapters take the same settings as
 ``TPEncoder.from_pretrained``: the model, the loading options (``preset``, ``revision``,
-``trust_remote_code``, ``model_kwargs`` for ``AutoModel``), every ``TPConfig`` field, and
-``query_prompt``. ``settings_model`` turns ``TPConfig`` itself (its fields, types, defaults and
-attribute docstrings) into pydantic fields, so no adapter restates a field or a default, and
-``load_encoder`` validates the query prompt before loading the model.
+``trust_remote_code``, ``model_kwargs`` for ``AutoModel``) and every ``TPConfig`` field
+(``method`` and ``query_prompt`` among them: queries are embedded with ``encode(...,
+query=True)``). ``settings_model`` turns ``TPConfig`` itself (its fields, types, defaults and
+attribute docstrings) into pydantic fields, so no adapter restates a field or a default.
 
 >>> Settings = settings_model()
 >>> Settings.model_fields["tp_stop"].default is None
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tp_rag.config import DEFAULT_MODEL, TPConfig
-from tp_rag.prompts import resolve_prompt
 
 if TYPE_CHECKING:
     from tp_rag.encoder import TPEncoder
@@ -46,23 +45,21 @@ _LOADING_DOCS = {
 def load_encoder(
     model: str | Path | None,
     *,
-    query_prompt: str | None = None,
     preset: str | Path | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     model_kwargs: dict[str, Any] | None = None,
     **settings: Any,
 ) -> TPEncoder:
-    """Check ``query_prompt`` and the loading options, then load (or reuse) the encoder.
+    """Check the loading options, then load (or reuse) the encoder.
 
-    ``settings`` are ``TPConfig`` fields; ``None`` values mean "the encoder's default".
+    ``settings`` are ``TPConfig`` fields (checked before any loading); ``None`` values mean
+    "the encoder's default".
 
     >>> load_encoder("/models/qwen", query_prompt="pcot", tp=False)  # doctest: +SKIP
     """
     from tp_rag.encoder import TPEncoder
 
-    if query_prompt is not None:
-        resolve_prompt(query_prompt)  # a bad template fails before any loading
     misplaced = sorted(set(model_kwargs or {}) & set(LOADING_OPTIONS))
     if misplaced:
         raise TypeError(
@@ -104,7 +101,7 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 def settings_model(*, exclude: Collection[str] = ()) -> type[Any]:
     """A pydantic model holding an adapter's settings, built from ``TPConfig``.
 
-    Fields: ``model_name`` (alias ``model``), ``query_prompt``, the loading options, and every
+    Fields: ``model_name`` (alias ``model``), the loading options, and every
     ``TPConfig`` setting as an optional field whose ``None`` means the encoder's default (the
     description says what that default is). ``exclude`` leaves settings out (an adapter that
     has its own name for one). ``encoder_settings()`` gives the keyword arguments of
@@ -121,14 +118,6 @@ def settings_model(*, exclude: Collection[str] = ()) -> type[Any]:
                 default=DEFAULT_MODEL,
                 alias="model",
                 description="Hugging Face hub name or local directory of a decoder-only LLM.",
-            ),
-        ),
-        "query_prompt": (
-            str | None,
-            Field(
-                default=None,
-                description="A prompt for queries only (built-in name or template); None embeds "
-                "queries like documents.",
             ),
         ),
         "preset": (str | None, Field(default=None, description=_LOADING_DOCS["preset"])),
@@ -158,9 +147,9 @@ def settings_model(*, exclude: Collection[str] = ()) -> type[Any]:
     class AdapterSettings(BaseModel):
         def encoder_settings(self) -> dict[str, Any]:
             """The keyword arguments of ``load_encoder`` (model excluded): the settings that
-            are set, ``query_prompt`` and the loading options."""
+            are set and the loading options."""
             settings = TPConfig.pick({name: getattr(self, name) for name in tp_fields})
-            loading = {name: getattr(self, name) for name in ("query_prompt", *LOADING_OPTIONS)}
+            loading = {name: getattr(self, name) for name in LOADING_OPTIONS}
             return {**settings, **loading}
 
     from pydantic import create_model

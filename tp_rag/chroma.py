@@ -34,7 +34,6 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
 from tp_rag.adapters import LOADING_OPTIONS, load_encoder
 from tp_rag.encoder import TPEncoder
 from tp_rag.loading import model_key
-from tp_rag.prompts import resolve_prompt
 
 _STORED_LOADING = frozenset(LOADING_OPTIONS) - {"preset"}
 """Loading options stored with a collection (a preset's settings are stored as settings)."""
@@ -83,10 +82,10 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
 
     The arguments are those of every tp-rag adapter (``tp_rag.adapters``): ``model`` is a hub
     name or a local directory (default: ``tp_rag.DEFAULT_MODEL``); ``settings`` are
-    ``TPConfig`` fields (``prompt``, ``tp_start``, ``output_layer``, ...); ``query_prompt`` is
-    an optional template for queries (``embed_query``), which otherwise use the document
-    prompt; ``preset``, ``revision``, ``trust_remote_code`` and ``model_kwargs`` (for
-    ``AutoModel``) are ``TPEncoder.from_pretrained``'s loading options.
+    ``TPConfig`` fields (``method``, ``prompt``, ``query_prompt``, ``tp_start``,
+    ``output_layer``, ...; ``embed_query`` uses ``query_prompt``); ``preset``, ``revision``,
+    ``trust_remote_code`` and ``model_kwargs`` (for ``AutoModel``) are
+    ``TPEncoder.from_pretrained``'s loading options.
 
     >>> ef = TPEmbeddingFunction("/models/Qwen2.5-0.5B-Instruct", tp=True)  # doctest: +SKIP
     >>> len(ef(["A man is playing a guitar."])[0])  # doctest: +SKIP
@@ -98,7 +97,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         model: str | None = None,
         *,
         tp: bool = True,
-        query_prompt: str | None = None,
         preset: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
@@ -108,7 +106,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         """Load (or reuse) the model; see the class docstring for the arguments."""
         encoder = load_encoder(
             model,
-            query_prompt=query_prompt,
             preset=preset,
             revision=revision,
             trust_remote_code=trust_remote_code,
@@ -116,7 +113,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             **settings,
             tp=tp,
         )
-        self._setup(encoder, tp=tp, query_prompt=query_prompt)
+        self._setup(encoder, tp=tp)
 
     @classmethod
     def from_encoder(
@@ -130,13 +127,9 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         if not isinstance(encoder, TPEncoder):
             raise TypeError(f"encoder must be a TPEncoder, not {type(encoder).__name__}")
         if query_prompt is not None:
-            resolve_prompt(query_prompt)
+            encoder = encoder.with_settings(query_prompt=query_prompt)
         function = cls.__new__(cls)
-        function._setup(
-            encoder,
-            tp=encoder.config.tp if tp is None else bool(tp),
-            query_prompt=query_prompt,
-        )
+        function._setup(encoder, tp=encoder.config.tp if tp is None else bool(tp))
         return function
 
     def _setup(
@@ -144,11 +137,9 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         encoder: TPEncoder,
         *,
         tp: bool,
-        query_prompt: str | None,
     ) -> None:
         self._encoder = encoder
         self._tp = tp
-        self._query_prompt = query_prompt
         if encoder.load_kwargs.get("trust_remote_code"):
             _trusted_models.add(model_key(encoder.config.model))
 
@@ -162,13 +153,13 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         return list(self._encoder.encode(_documents(input), tp=self._tp))
 
     def embed_query(self, input: Documents) -> Embeddings:
-        """Embed query texts, with ``query_prompt`` when one was given."""
-        return list(self._encoder.encode(_documents(input), tp=self._tp, prompt=self._query_prompt))
+        """Embed query texts with the encoder's query prompt (``query=True``)."""
+        return list(self._encoder.encode(_documents(input), tp=self._tp, query=True))
 
     def __repr__(self) -> str:
         return (
             f"TPEmbeddingFunction(encoder={self._encoder!r}, tp={self._tp}, "
-            f"query_prompt={self._query_prompt!r})"
+            f"query_prompt={self._encoder.config.query_prompt!r})"
         )
 
     @staticmethod
@@ -200,7 +191,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             "model": model,
             **settings,
             "tp": self._tp,
-            "query_prompt": self._query_prompt,
             **loading,
             "fingerprint": self.fingerprint(),
         }

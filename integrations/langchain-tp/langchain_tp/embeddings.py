@@ -63,4 +63,4 @@ class TPEmbeddings(settings_model(), Embeddings):  # type: ignore[misc]
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with ``query_prompt`` (or ``prompt`` when none is set)."""
-        return self._encoder.encode(text, prompt=self.query_prompt, show_progress=False).tolist()
+        return self._encoder.encode(text, query=True, show_progress=False).tolist()
