@@ -414,3 +414,78 @@ def test_adapters_embed_queries_with_the_query_template(tiny_llama: Path) -> Non
     rebuilt = TPEmbeddingFunction.build_from_config(ef.get_config())
     assert rebuilt.encoder.config.method == "htp"
     assert np.allclose(rebuilt.embed_query([text])[0], query, atol=1e-6)
+
+
+def test_cli_eval_retrieval_tp_and_htp_in_one_table(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--method tp,htp``: on and off columns for each method in one report, each equal to
+    the metric code on that encoder's vectors (HTP queries with the query template); a second
+    run takes every vector from the cache."""
+    from synthetic import write_beir
+
+    from tp_rag.cache import EmbeddingCache
+    from tp_rag.cli import main
+    from tp_rag.datasets import read_beir
+    from tp_rag.metrics import rank_documents, retrieval_metrics
+
+    folder = write_beir(tmp_path / "beir")
+    out = tmp_path / "r.json"
+    cache_dir = tmp_path / "cache"
+    args = ["eval", "retrieval", "--data", str(folder), "--model", str(tiny_llama)]
+    args += ["--method", "tp,htp", "--device", "cpu", "--cache-dir", str(cache_dir)]
+    assert main([*args, "--json", str(out)]) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert list(report["metrics"]) == ["TP on", "TP off", "HTP on", "HTP off"]
+    data = read_beir(folder)
+    for method in ("tp", "htp"):
+        encoder = TPEncoder.from_pretrained(tiny_llama, method=method, device="cpu")
+        for tp, side in ((True, "on"), (False, "off")):
+            run = rank_documents(
+                encoder.encode(list(data.queries), tp=tp, query=True),
+                encoder.encode(list(data.documents), tp=tp),
+                data.query_ids,
+                data.doc_ids,
+            )
+            expected = retrieval_metrics(run, data.qrels)
+            for metric, value in expected.items():
+                got = report["metrics"][f"{method.upper()} {side}"][metric]
+                assert got == pytest.approx(value, abs=1e-6), (method, side, metric)
+    cached = len(EmbeddingCache(cache_dir))
+    # Four columns, each with its documents and queries (TP's queries share its documents'
+    # space, HTP's have their own): nothing stored twice, nothing missing.
+    assert cached == 4 * (len(data.documents) + len(data.queries))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert len(EmbeddingCache(cache_dir)) == cached
+    assert main(["embed", "--model", str(tiny_llama), "--method", "tp,htp", "x"]) == 2
+    assert "is not one of tp, htp" in capsys.readouterr().err
+
+
+def test_tune_htp_preset_reopens_as_htp(tiny_llama: Path, tmp_path: Path) -> None:
+    """``tune`` over an HTP encoder scores queries with the query template and writes a preset
+    that loads an HTP encoder again."""
+    from synthetic import write_beir
+
+    from tp_rag.datasets import read_beir
+    from tp_rag.tuning import tune, write_preset
+
+    data = read_beir(write_beir(tmp_path / "beir"))
+    encoder = TPEncoder.from_pretrained(tiny_llama, method="htp", device="cpu")
+    result = tune(encoder, data, tp_stops=[2, 3], layers=[2, 3])
+    write_preset(tmp_path / "p.json", encoder, result)
+    again = TPEncoder.from_pretrained(tiny_llama, preset=tmp_path / "p.json")
+    assert again.config.method == "htp" and again.config.query_prompt == "htp-query"
+    best_stop, best_layer, best = result.best
+    from tp_rag.metrics import rank_documents, retrieval_metrics
+
+    cell = again.with_settings(tp_stop=best_stop, output_layer=best_layer)
+    run = rank_documents(
+        cell.encode(list(data.queries), query=True),
+        cell.encode(list(data.documents)),
+        data.query_ids,
+        data.doc_ids,
+    )
+    assert retrieval_metrics(run, data.qrels)["nDCG@10"] == pytest.approx(best, abs=1e-6)

@@ -261,8 +261,11 @@ class TPConfig:
             space["splitter"] = splitter_id()
         return space
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, query: bool = False) -> str:
         """A short stable string that identifies the embedding space.
+
+        ``query=True`` identifies the vectors of queries (``encode(..., query=True)``): the
+        same string unless queries have a template of their own.
 
         Two encoders with equal fingerprints give the same vectors up to floating-point rounding:
         the fingerprint covers the weights and tokenizer (by content digest, see
@@ -277,7 +280,10 @@ class TPConfig:
         >>> a.fingerprint() == a.replace(tp=False).fingerprint()
         False
         """
-        canonical = json.dumps(self.space(), sort_keys=True, separators=(",", ":"))
+        space = self.space()
+        if query and self.query_templates != self.templates:
+            space["side"] = "query"
+        canonical = json.dumps(space, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def batch_token_budget(self, device_type: str) -> int:

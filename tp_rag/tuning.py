@@ -126,8 +126,10 @@ def layer_vectors(
     tp: bool,
     chunk_size: int,
     name: str = "texts",
+    query: bool = False,
 ) -> dict[int, Path]:
-    """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer.
+    """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer
+    (``query=True``: with the query template).
 
     Texts go through ``encode_layers`` in slices of ``chunk_size`` (longest first, so slices pad
     little); each slice's rows are written into the layers' files at once, so host memory holds
@@ -145,7 +147,7 @@ def layer_vectors(
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for begin in range(0, len(order), chunk_size):
         rows = order[begin : begin + chunk_size]
-        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp)
+        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp, query=query)
         for layer, file in files.items():
             file[rows] = vectors[layer]
         del vectors
@@ -199,9 +201,9 @@ def tune(
         return np.load(path, mmap_mode="r")
 
     def score_layers(candidate: TPEncoder, tp: bool, folder: str) -> list[float]:
-        def vectors_of(texts: Sequence[str], name: str) -> dict[int, Path]:
+        def vectors_of(texts: Sequence[str], name: str, query: bool = False) -> dict[int, Path]:
             return layer_vectors(
-                candidate, texts, layers, folder, tp=tp, chunk_size=chunk, name=name
+                candidate, texts, layers, folder, tp=tp, chunk_size=chunk, name=name, query=query
             )
 
         score: Callable[[int], float]
@@ -214,7 +216,7 @@ def tune(
                 return sts_spearman(pooled, load(files[layer]), index)
         else:
             docs = vectors_of(list(data.documents), "documents")
-            queries = vectors_of(list(data.queries), "queries")
+            queries = vectors_of(list(data.queries), "queries", query=True)
 
             def score(layer: int) -> float:
                 return score_retrieval(data, load(queries[layer]), load(docs[layer]))[metric]
@@ -241,7 +243,9 @@ def preset_settings(encoder: TPEncoder, result: TuneResult) -> dict[str, Any]:
     config = encoder.config
     tp_stop, output_layer, _ = result.best
     settings: dict[str, Any] = {
+        "method": config.method,
         "prompt": config.prompt,
+        "query_prompt": config.query_prompt,
         "tp": True,
         "tp_start": config.tp_start,
         "tp_stop": tp_stop,

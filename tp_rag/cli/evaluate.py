@@ -113,14 +113,26 @@ def _systems(args: argparse.Namespace) -> list[System]:
     """TP on/off over one model load (unless ``--no-tp``), then the baselines, in order."""
     systems: list[System] = []
     if not args.no_tp:
-        encoder = encoder_from_args(args)
-        note(repr(encoder))
-        systems += tp_systems(encoder, cache=_cache(args))
+        cache = _cache(args)
+        for method in _methods(args):  # the weights load once; each method gives on and off
+            encoder = encoder_from_args(args, **({"method": method} if method else {}))
+            note(repr(encoder))
+            systems += tp_systems(encoder, cache=cache)
     for spec in args.baseline:
         systems.append(baseline_system(spec, device=args.device, batch_size=args.batch_size))
     if not systems:
         raise ValueError("--no-tp leaves nothing to evaluate; add --baseline")
     return systems
+
+
+def _methods(args: argparse.Namespace) -> list[str | None]:
+    """``--method tp,htp`` as a list (``[None]``, the default method, when not given)."""
+    if args.method is None:
+        return [None]
+    methods = [m.strip() for m in args.method.split(",")]
+    if len(set(methods)) != len(methods) or not all(methods):
+        raise ValueError(f"--method {args.method!r}: give each method once, e.g. --method tp,htp")
+    return list(methods)
 
 
 _PAPER_SETTINGS = ("preset", "prompt", "tp_start", "tp_stop", "output_layer", "pooling")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tp_rag.store import TPStore
 
 ENCODER_OPTIONS = (
+    "method",
     "prompt",
     "tp_start",
     "tp_stop",
@@ -49,6 +50,12 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
         help=f"hub name or local model directory (default: {DEFAULT_MODEL})",
     )
     group.add_argument("--preset", default=None, help="JSON preset file (e.g. from tp-rag tune)")
+    group.add_argument(
+        "--method",
+        default=None,
+        help="tp: Token Prepending, for sentences (default); htp: hierarchical TP, one "
+        "placeholder per sentence, for passages (tp-rag eval takes both: tp,htp)",
+    )
     group.add_argument(
         "--prompt",
         default=None,
