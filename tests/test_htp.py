@@ -489,3 +489,44 @@ def test_tune_htp_preset_reopens_as_htp(tiny_llama: Path, tmp_path: Path) -> Non
         data.doc_ids,
     )
     assert retrieval_metrics(run, data.qrels)["nDCG@10"] == pytest.approx(best, abs=1e-6)
+
+
+def test_htp_store_searches_with_the_query_template_and_reopens_as_htp(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A TPStore over an HTP encoder: a search's similarities are the cosines of the query
+    embedded with the query template against the stored passages, on both sides; the
+    collection's record brings method=htp back when it is opened without settings (as
+    ``tp-rag query`` does)."""
+    import argparse
+
+    from tp_rag.cli.options import ENCODER_OPTIONS, open_store
+    from tp_rag.documents import Chunk
+    from tp_rag.store import TPStore, connect
+
+    encoder = TPEncoder.from_pretrained(tiny_llama, method="htp", device="cpu")
+    store = TPStore(connect(tmp_path / "db"), "docs", encoder)
+    texts = PASSAGES[:4]
+    entries = [("s", Chunk(t, i, 0, len(t))) for i, t in enumerate(texts)]
+    store.upsert(entries, encoder.encode(texts, tp=True), encoder.encode(texts, tp=False))
+    query = "Why does the wing stall?"
+    for hits, tp in zip(store.search(query, k=4), (True, False), strict=True):
+        vector = encoder.encode(query, tp=tp, query=True)
+        for hit in hits:
+            expected = float(vector @ encoder.encode(hit.text, tp=tp))
+            assert hit.similarity == pytest.approx(expected, abs=1e-4), (tp, hit.text)
+    del store
+    args = argparse.Namespace(
+        collection="docs",
+        db=str(tmp_path / "db"),
+        default_db=None,
+        chroma_host=None,
+        chroma_port=None,
+        model=None,
+        preset=None,
+        trust_remote_code=False,
+        **dict.fromkeys(ENCODER_OPTIONS),
+    )
+    reopened = open_store(args, create=False)
+    assert reopened.encoder.config.method == "htp"
+    assert reopened.encoder.config.fingerprint() == encoder.config.fingerprint()
