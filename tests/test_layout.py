@@ -102,7 +102,8 @@ def test_the_library_does_not_import_the_command_line_or_the_ui() -> None:
 
 
 def test_the_core_does_not_import_the_library_above_it() -> None:
-    """config, prompts, presets, loading, sentences, tp, vectors and encoder import only each other."""
+    """The core modules (config, prompts, presets, loading, sentences, tp, vectors, encoder)
+    import only each other."""
     core = {
         f"tp_rag.{n}"
         for n in ("config", "prompts", "presets", "loading", "sentences", "tp", "vectors")
