@@ -310,14 +310,27 @@ def test_placeholder_spacing_with_real_gpt2(tiny_gpt2_real_tokenizer: Path) -> N
     assert tokens[at - 2 : at + 2] == ["Ġ:", "Ġ", "<PST>", 'Ġ"']
 
 
-def test_progress_bar_only_for_long_jobs(
+def test_progress_bar_follows_the_logging_level(
     encoder: TPEncoder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No bar for a short job by default; show_progress=True forces one."""
+    """As sentence-transformers: no bar by default (logging at WARNING), a bar when tp_rag's
+    encoder logs at INFO or DEBUG; show_progress=True/False overrides either way."""
+    import logging
+
     encoder.encode(SHORT)
     assert "Batches" not in capsys.readouterr().err
     encoder.encode(SHORT, show_progress=True)
     assert "Batches" in capsys.readouterr().err
+    logger = logging.getLogger("tp_rag.encoder")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        encoder.encode(SHORT)
+        assert "Batches" in capsys.readouterr().err
+        encoder.encode(SHORT, show_progress=False)
+        assert "Batches" not in capsys.readouterr().err
+    finally:
+        logger.setLevel(level)
 
 
 def test_dimension_is_the_width_read_out(tmp_path: Path) -> None:

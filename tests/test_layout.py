@@ -108,9 +108,12 @@ def test_the_library_does_not_import_the_command_line_or_the_ui() -> None:
 
 
 def test_the_core_does_not_import_the_library_above_it() -> None:
-    """config, prompts, presets, loading, tp, vectors, errors and encoder import only each
-    other; errors, the bottom, imports no tp_rag module."""
-    core = {f"tp_rag.{n}" for n in ("config", "prompts", "presets", "loading", "tp", "vectors")}
+    """config, prompts, presets, loading, sentences, tp, vectors, errors and encoder import only
+    each other; errors, the bottom, imports no tp_rag module."""
+    core = {
+        f"tp_rag.{n}"
+        for n in ("config", "prompts", "presets", "loading", "sentences", "tp", "vectors")
+    }
     core |= {"tp_rag.encoder", "tp_rag.errors", "tp_rag"}
     graph = internal_graph()
     upward = {name: sorted(graph[name] - core) for name in core if graph[name] - core}

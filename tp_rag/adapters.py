@@ -2,10 +2,10 @@
 
 The LangChain, LlamaIndex and Chroma adapters take the same settings as
 ``TPEncoder.from_pretrained``: the model, the loading options (``preset``, ``revision``,
-``trust_remote_code``, ``model_kwargs`` for ``AutoModel``), every ``TPConfig`` field, and
-``query_prompt``. ``TPSettings`` holds them as pydantic fields (the pydantic adapters subclass
-it); ``tests/test_adapters.py`` keeps its fields equal to ``TPConfig``'s. ``load_encoder``
-validates the query prompt before loading the model.
+``trust_remote_code``, ``model_kwargs`` for ``AutoModel``) and every ``TPConfig`` field
+(``method`` and ``query_prompt`` among them: queries are embedded with ``encode(...,
+query=True)``). ``TPSettings`` holds them as pydantic fields (the pydantic adapters subclass
+it); ``tests/test_adapters.py`` keeps its fields equal to ``TPConfig``'s.
 
 >>> TPSettings(model="/models/qwen", tp_stop=3).encoder_settings()["tp_stop"]
 3
@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tp_rag.config import DEFAULT_MODEL, DType, Pooling, TPConfig
-from tp_rag.prompts import resolve_prompt
+from tp_rag.config import DEFAULT_MODEL, DType, Method, Pooling, TPConfig
 
 if TYPE_CHECKING:
     from tp_rag.encoder import TPEncoder
@@ -31,23 +30,21 @@ LOADING_OPTIONS: tuple[str, ...] = ("preset", "revision", "trust_remote_code", "
 def load_encoder(
     model: str | Path | None,
     *,
-    query_prompt: str | None = None,
     preset: str | Path | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     model_kwargs: dict[str, Any] | None = None,
     **settings: Any,
 ) -> TPEncoder:
-    """Check ``query_prompt`` and the loading options, then load (or reuse) the encoder.
+    """Check the loading options, then load (or reuse) the encoder.
 
-    ``settings`` are ``TPConfig`` fields; ``None`` values mean "the encoder's default".
+    ``settings`` are ``TPConfig`` fields (checked before any loading); ``None`` values mean
+    "the encoder's default".
 
     >>> load_encoder("/models/qwen", query_prompt="pcot", tp=False)  # doctest: +SKIP
     """
     from tp_rag.encoder import TPEncoder
 
-    if query_prompt is not None:
-        resolve_prompt(query_prompt)  # a bad template fails before any loading
     misplaced = sorted(set(model_kwargs or {}) & set(LOADING_OPTIONS))
     if misplaced:
         raise TypeError(
@@ -66,7 +63,7 @@ def load_encoder(
 
 
 class EncoderSettings(BaseModel):
-    """An adapter's settings: the model, ``query_prompt``, the loading options and every
+    """An adapter's settings: the model, the loading options and every
     ``TPConfig`` setting except ``batch_size`` (``TPSettings`` adds it; LlamaIndex has its own
     ``embed_batch_size``).
 
@@ -84,9 +81,6 @@ class EncoderSettings(BaseModel):
 
     model_name: str = Field(default=DEFAULT_MODEL, alias="model")
     """Hugging Face hub name or local directory of a decoder-only LLM."""
-    query_prompt: str | None = None
-    """A prompt for queries only (built-in name or template with ``{text}`` and ``{pst}``);
-    ``None`` embeds queries like documents."""
 
     # The loading options (LOADING_OPTIONS)
     preset: str | None = None
@@ -100,9 +94,16 @@ class EncoderSettings(BaseModel):
     ``{'attn_implementation': 'sdpa'}``."""
 
     # TPConfig's settings (model and model_digest aside); None: the encoder's default
+    method: Method | None = None
+    """``tp``: Token Prepending, one placeholder for the whole text (sentences); ``htp``:
+    hierarchical Token Prepending, one per sentence (passages). None: 'tp'."""
     prompt: str | None = None
-    """Built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with ``{text}``
-    and ``{pst}``. None: from the model's preset, else 'prompteol'."""
+    """TP: a built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with
+    ``{text}`` and ``{pst}``; HTP: ``htp-document`` or a template with ``{text}``. None: from
+    the model's preset, else 'prompteol' for TP, 'htp-document' for HTP."""
+    query_prompt: str | None = None
+    """The prompt for queries, as ``prompt``. None: 'htp-query' for HTP; for TP, queries are
+    embedded like documents."""
     clean_text: bool | None = None
     """Apply the paper's sentence clean-up. None: on for built-in prompts, off for templates."""
     tp: bool | None = None
@@ -117,8 +118,8 @@ class EncoderSettings(BaseModel):
     """Readout layer in Hugging Face ``hidden_states`` indexing (0 = embeddings, -1 = last).
     None: from the model's preset."""
     pooling: Pooling | None = None
-    """``last``: the prompt's last token (the paper); ``mean``: the text's own tokens. None:
-    'last'."""
+    """``last``: the prompt's last token (the TP paper); ``mean``: the text's own tokens (the
+    HTP paper). None: 'last' for TP, 'mean' for HTP."""
     normalize: bool | None = None
     """L2-normalise the vectors. None: True."""
     max_length: int | None = None
@@ -130,14 +131,14 @@ class EncoderSettings(BaseModel):
     device: str | None = None
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. None: 'auto'."""
     dtype: DType | None = None
-    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16``, ``float16``.
-    None: 'auto'."""
+    """``auto`` (bfloat16 on CUDA and on CPUs that compute it natively, float32 elsewhere),
+    ``float32``, ``bfloat16``, ``float16``. None: 'auto'."""
 
     def encoder_settings(self) -> dict[str, Any]:
         """The keyword arguments of ``load_encoder`` (model excluded): the ``TPConfig``
-        settings that are set, ``query_prompt`` and the loading options."""
+        settings that are set and the loading options."""
         fields = {name: getattr(self, name) for name in type(self).model_fields}
-        loading = {name: fields[name] for name in ("query_prompt", *LOADING_OPTIONS)}
+        loading = {name: fields[name] for name in LOADING_OPTIONS}
         return {**TPConfig.pick(fields), **loading}
 
 

@@ -31,7 +31,6 @@ except ImportError as error:  # chromadb is the optional extra "chroma"
 
 from tp_rag.adapters import load_encoder
 from tp_rag.encoder import TPEncoder
-from tp_rag.prompts import resolve_prompt
 from tp_rag.record import (
     TRUST_REMOTE_CODE_ENV,
     encoder_record,
@@ -49,10 +48,10 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
 
     The arguments are those of every tp-rag adapter (``tp_rag.adapters``): ``model`` is a hub
     name or a local directory (default: ``tp_rag.DEFAULT_MODEL``); ``settings`` are
-    ``TPConfig`` fields (``prompt``, ``tp_start``, ``output_layer``, ...); ``query_prompt`` is
-    an optional template for queries (``embed_query``), which otherwise use the document
-    prompt; ``preset``, ``revision``, ``trust_remote_code`` and ``model_kwargs`` (for
-    ``AutoModel``) are ``TPEncoder.from_pretrained``'s loading options.
+    ``TPConfig`` fields (``method``, ``prompt``, ``query_prompt``, ``tp_start``,
+    ``output_layer``, ...; ``embed_query`` uses ``query_prompt``); ``preset``, ``revision``,
+    ``trust_remote_code`` and ``model_kwargs`` (for ``AutoModel``) are
+    ``TPEncoder.from_pretrained``'s loading options.
 
     >>> ef = TPEmbeddingFunction("/models/Qwen2.5-0.5B-Instruct", tp=True)  # doctest: +SKIP
     >>> len(ef(["A man is playing a guitar."])[0])  # doctest: +SKIP
@@ -64,7 +63,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         model: str | None = None,
         *,
         tp: bool = True,
-        query_prompt: str | None = None,
         preset: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
@@ -74,7 +72,6 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         """Load (or reuse) the model; see the class docstring for the arguments."""
         encoder = load_encoder(
             model,
-            query_prompt=query_prompt,
             preset=preset,
             revision=revision,
             trust_remote_code=trust_remote_code,
@@ -82,7 +79,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
             **settings,
             tp=tp,
         )
-        self._setup(encoder, tp=tp, query_prompt=query_prompt)
+        self._setup(encoder, tp=tp)
 
     @classmethod
     def from_encoder(
@@ -96,25 +93,14 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         if not isinstance(encoder, TPEncoder):
             raise TypeError(f"encoder must be a TPEncoder, not {type(encoder).__name__}")
         if query_prompt is not None:
-            resolve_prompt(query_prompt)
+            encoder = encoder.with_settings(query_prompt=query_prompt)
         function = cls.__new__(cls)
-        function._setup(
-            encoder,
-            tp=encoder.config.tp if tp is None else bool(tp),
-            query_prompt=query_prompt,
-        )
+        function._setup(encoder, tp=encoder.config.tp if tp is None else bool(tp))
         return function
 
-    def _setup(
-        self,
-        encoder: TPEncoder,
-        *,
-        tp: bool,
-        query_prompt: str | None,
-    ) -> None:
+    def _setup(self, encoder: TPEncoder, *, tp: bool) -> None:
         self._encoder = encoder
         self._tp = tp
-        self._query_prompt = query_prompt
         if encoder.load_kwargs.get("trust_remote_code"):
             trust_model(encoder.config.model)
 
@@ -128,13 +114,13 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         return list(self._encoder.encode(_documents(input), tp=self._tp))
 
     def embed_query(self, input: Documents) -> Embeddings:
-        """Embed query texts, with ``query_prompt`` when one was given."""
-        return list(self._encoder.encode(_documents(input), tp=self._tp, prompt=self._query_prompt))
+        """Embed query texts with the encoder's query prompt (``query=True``)."""
+        return list(self._encoder.encode(_documents(input), tp=self._tp, query=True))
 
     def __repr__(self) -> str:
         return (
             f"TPEmbeddingFunction(encoder={self._encoder!r}, tp={self._tp}, "
-            f"query_prompt={self._query_prompt!r})"
+            f"query_prompt={self._encoder.config.query_prompt!r})"
         )
 
     @staticmethod
@@ -152,9 +138,9 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
 
     def get_config(self) -> dict[str, Any]:
         """The collection's record of this function (``tp_rag.record.encoder_record``): the
-        model, how it was loaded, the resolved settings, ``tp``, ``query_prompt`` and the
-        fingerprint, as JSON values."""
-        return encoder_record(self._encoder, tp=self._tp, query_prompt=self._query_prompt)
+        model, how it was loaded, the resolved settings (``tp`` and ``query_prompt`` among them)
+        and the fingerprint, as JSON values."""
+        return encoder_record(self._encoder, tp=self._tp)
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> TPEmbeddingFunction:
@@ -162,7 +148,7 @@ class TPEmbeddingFunction(EmbeddingFunction[Documents]):
         runtime settings it was written with); raise if the embedding space changed, or if the
         record would load its model with options the reader has not opted in to."""
         encoder = open_encoder(config, **recorded_runtime(config))
-        return TPEmbeddingFunction.from_encoder(encoder, query_prompt=config.get("query_prompt"))
+        return TPEmbeddingFunction.from_encoder(encoder)
 
 
 def _documents(input: Documents) -> Documents:

@@ -11,9 +11,11 @@ from typing import Any, Literal, get_args
 
 from tp_rag.prompts import is_builtin, resolve_prompt
 
+Method = Literal["tp", "htp"]
 Pooling = Literal["last", "mean"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
+METHODS: tuple[str, ...] = get_args(Method)
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 DTYPES: tuple[str, ...] = get_args(DType)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -71,9 +73,16 @@ class TPConfig:
     """Model name or local directory, as given (informational: the digest identifies weights)."""
     model_digest: str = ""
     """Content digest of the loaded weights; filled in by ``TPEncoder.from_pretrained``."""
-    prompt: str = "prompteol"
-    """Built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with
-    ``{text}`` and ``{pst}``."""
+    method: Method = "tp"
+    """``tp``: Token Prepending, one placeholder for the whole text (sentences); ``htp``:
+    hierarchical Token Prepending, one per sentence (passages)."""
+    prompt: str | None = None
+    """TP: a built-in name (``prompteol``, ``pcot``, ``ke``, ``metaeol``) or a template with
+    ``{text}`` and ``{pst}``; HTP: ``htp-document`` or a template with ``{text}``. ``None``
+    means ``prompteol`` for TP, ``htp-document`` for HTP."""
+    query_prompt: str | None = None
+    """The prompt for queries (``encode(..., query=True)``), as ``prompt``; ``None`` means
+    ``htp-query`` for HTP, and for TP that queries are embedded like documents."""
     clean_text: bool | None = None
     """Apply the paper's sentence clean-up; ``None`` means on for built-in prompts, off for
     custom templates."""
@@ -86,8 +95,9 @@ class TPConfig:
     output_layer: int | None = None
     """Readout layer in Hugging Face ``hidden_states`` indexing (0 = embeddings, -1 = last,
     after the final norm)."""
-    pooling: Pooling = "last"
-    """``last``: the prompt's last token (the paper); ``mean``: the text's own tokens."""
+    pooling: Pooling | None = None
+    """``last``: the prompt's last token (the TP paper); ``mean``: the text's own tokens (the
+    HTP paper). ``None`` means ``last`` for TP, ``mean`` for HTP."""
     normalize: bool = True
     """L2-normalise the vectors."""
     max_length: int = 512
@@ -100,10 +110,24 @@ class TPConfig:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     dtype: DType = "auto"
-    """``auto`` (bfloat16 on CUDA, float32 elsewhere), ``float32``, ``bfloat16``, ``float16``."""
+    """``auto`` (bfloat16 on CUDA and on CPUs that compute it natively, see
+    ``loading.choose_dtype``; float32 elsewhere), ``float32``, ``bfloat16``, ``float16``."""
 
     def __post_init__(self) -> None:
-        resolve_prompt(self.prompt)  # raises ValueError listing the built-in prompt names
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
+        # The method's own defaults, written into the (frozen) instance so to_dict() shows them.
+        htp = self.method == "htp"
+        if self.prompt is None:
+            object.__setattr__(self, "prompt", "htp-document" if htp else "prompteol")
+        if self.query_prompt is None and htp:
+            object.__setattr__(self, "query_prompt", "htp-query")
+        if self.pooling is None:
+            object.__setattr__(self, "pooling", "mean" if htp else "last")
+        assert self.prompt is not None  # for type checkers
+        resolve_prompt(self.prompt, self.method)  # raises ValueError listing the built-in names
+        if self.query_prompt is not None:
+            resolve_prompt(self.query_prompt, self.method)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.dtype not in DTYPES:
@@ -189,12 +213,22 @@ class TPConfig:
     @property
     def templates(self) -> tuple[str, ...]:
         """The prompt's templates (one, or eight for MetaEOL)."""
-        return resolve_prompt(self.prompt)
+        assert self.prompt is not None  # set in __post_init__
+        return resolve_prompt(self.prompt, self.method)
+
+    @property
+    def query_templates(self) -> tuple[str, ...]:
+        """The templates for queries: ``query_prompt``'s, else ``prompt``'s."""
+        if self.query_prompt is None:
+            return self.templates
+        return resolve_prompt(self.query_prompt, self.method)
 
     @property
     def cleans_text(self) -> bool:
-        """Whether the paper's sentence clean-up applies."""
-        return is_builtin(self.prompt) if self.clean_text is None else self.clean_text
+        """Whether the TP paper's sentence clean-up applies."""
+        if self.clean_text is not None:
+            return self.clean_text
+        return self.method == "tp" and self.prompt is not None and is_builtin(self.prompt)
 
     def replace(self, **changes: Any) -> TPConfig:
         """A copy with some settings changed (validated again)."""
@@ -221,12 +255,20 @@ class TPConfig:
         if not self.tp:  # TP off runs no TP layers: the same vectors whatever they are
             space["tp_start"] = space["tp_stop"] = None
         space["prompt"] = list(self.templates)
+        space["query_prompt"] = list(self.query_templates)
         space["clean_text"] = self.cleans_text
-        space["method"] = _METHOD_VERSION
+        space["scheme"] = _METHOD_VERSION
+        if self.method == "htp":  # where the sentences end is part of the space
+            from tp_rag.sentences import splitter_id
+
+            space["splitter"] = splitter_id()
         return space
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, query: bool = False) -> str:
         """A short stable string that identifies the embedding space.
+
+        ``query=True`` identifies the vectors of queries (``encode(..., query=True)``): the
+        same string unless queries have a template of their own.
 
         Two encoders with equal fingerprints give the same vectors up to floating-point rounding:
         the fingerprint covers the weights, model config and tokenizer (by content digest, see
@@ -245,7 +287,10 @@ class TPConfig:
         >>> off.fingerprint() == off.replace(tp_stop=4).fingerprint()
         True
         """
-        canonical = json.dumps(self.space(), sort_keys=True, separators=(",", ":"))
+        space = self.space()
+        if query and self.query_templates != self.templates:
+            space["side"] = "query"
+        canonical = json.dumps(space, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def batch_token_budget(self, device_type: str) -> int:

@@ -1,4 +1,5 @@
-"""``TPEncoder``: sentence embeddings from a decoder-only LLM with Token Prepending."""
+"""``TPEncoder``: embeddings from a decoder-only LLM with Token Prepending (sentences, ``tp``)
+or hierarchical Token Prepending (passages, ``htp``)."""
 
 from __future__ import annotations
 
@@ -15,36 +16,63 @@ from tqdm.auto import tqdm
 from tp_rag import loading
 from tp_rag.config import DEFAULT_MODEL, TPConfig, hidden_states_index
 from tp_rag.presets import default_settings, read_preset_file
-from tp_rag.prompts import PLACEHOLDER, RenderedPrompt, clean_sentence, render, resolve_prompt
-from tp_rag.tp import BatchState, ReadoutReached, tp_hooks
+from tp_rag.prompts import (
+    PLACEHOLDER,
+    RenderedPrompt,
+    clean_sentence,
+    render,
+    render_passage,
+    resolve_prompt,
+)
+from tp_rag.tp import Overwrites, ReadoutReached, tp_hooks
 from tp_rag.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
 
-_PROGRESS_MIN_BATCHES = 8  # shorter jobs get no progress bar unless asked
 _TOKENIZE_CHUNK = 1024  # prompts per tokenizer call
 
 
 @dataclass
 class PromptFeatures:
-    """One tokenized prompt, cut to ``max_length``, as the model will see it."""
+    """One tokenized prompt, cut to ``max_length``, as the model will see it.
+
+    Before each TP layer the hidden state at ``placeholders[j]`` is overwritten with the one at
+    ``sources[j]``. TP: one pair, ``<PST>`` <- the last token. HTP with ``n`` sentences:
+    ``placeholders`` holds the ``<PST>`` of sentences 0..n-1, then the ``<B-PST>`` 0..n-1;
+    ``sources`` holds each sentence's last token (the last sentence's: the first token after the
+    text), twice. TP off: no pairs.
+    """
 
     input_ids: np.ndarray
     """(seq,) int64 token ids."""
     text_mask: np.ndarray
-    """(seq,) bool: the tokens that overlap the text (what ``pooling="mean"`` averages)."""
-    placeholder_index: int
-    """Position of ``<PST>`` in ``input_ids``; -1 when TP is off."""
+    """(seq,) bool: the text's own tokens, no placeholder (what ``pooling="mean"`` averages)."""
+    placeholders: np.ndarray
+    """(pairs,) int64 positions in ``input_ids`` that are overwritten."""
+    sources: np.ndarray
+    """(pairs,) int64 positions whose hidden state each placeholder receives."""
     truncated: bool
     """Whether text tokens were dropped to fit ``max_length``."""
 
+    @property
+    def placeholder_index(self) -> int:
+        """Position of the first placeholder (TP's ``<PST>``); -1 when there is none."""
+        return int(self.placeholders[0]) if len(self.placeholders) else -1
+
+
+_NO_PAIRS = np.zeros(0, dtype=np.int64)
+
 
 class TPEncoder:
-    """Sentence embeddings with Token Prepending over a Hugging Face decoder-only LLM.
+    """Embeddings with Token Prepending over a Hugging Face decoder-only LLM: ``method="tp"``
+    for sentences, ``method="htp"`` (hierarchical, one placeholder per sentence) for passages.
 
     >>> enc = TPEncoder.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
     >>> enc.encode(["A man plays a guitar.", "Is it raining?"]).shape  # doctest: +SKIP
     (2, 896)
+    >>> htp = TPEncoder.from_pretrained(method="htp")  # doctest: +SKIP
+    >>> htp.encode("What causes lift?", query=True).shape  # doctest: +SKIP
+    (896,)
     """
 
     def __init__(
@@ -61,7 +89,14 @@ class TPEncoder:
         ``trust_remote_code``, ``model_kwargs``), so the same model can be loaded again."""
         self._num_layers = len(loaded.layers)
         self._fitting_templates: set[tuple[str, ...]] = set()  # checked against max_length
+        self._widths: dict[int, int] = {}  # vector width per hidden_states index
+        if config.method == "htp":
+            from tp_rag.sentences import splitter_id
+
+            splitter_id()  # the splitter is installed (else an ImportError naming the extra)
         self._check_max_length(config.templates)
+        if config.query_prompt is not None:
+            self._check_max_length(config.query_templates)
 
     @classmethod
     def from_pretrained(
@@ -78,9 +113,11 @@ class TPEncoder:
 
         Settings not given come from ``preset`` (a JSON file, e.g. written by ``tp-rag tune``),
         then from the authors' settings for the models they published, then from the depth rule
-        in ``tp_rag.presets``. ``model_kwargs`` go to ``AutoModel.from_pretrained``.
+        in ``tp_rag.presets`` (each method has its own). ``model_kwargs`` go to
+        ``AutoModel.from_pretrained``.
 
         >>> enc = TPEncoder.from_pretrained("/models/llama-2-7b", tp_stop=7)  # doctest: +SKIP
+        >>> htp = TPEncoder.from_pretrained("/models/mistral-7b", method="htp")  # doctest: +SKIP
         """
         TPConfig.check_keys(settings, "TPEncoder.from_pretrained()")
         name = str(model_name_or_path) if model_name_or_path else DEFAULT_MODEL
@@ -90,13 +127,18 @@ class TPEncoder:
             TPConfig.check_keys(from_file, f"preset file {str(preset)!r}")
             from_file.pop("model", None)
         # Validate the caller's own settings before touching the network or the disk.
-        TPConfig(**{**from_file, **settings})
+        given = TPConfig(**{**from_file, **settings})
+        if given.method == "htp":
+            from tp_rag.sentences import splitter_id
+
+            splitter_id()
         hf_config = loading.load_config(
             name, revision=revision, trust_remote_code=trust_remote_code
         )
-        config = TPConfig(
-            **{**default_settings(hf_config), **from_file, **settings, "model": name}
-        ).resolved(loading.num_decoder_layers(hf_config))
+        defaults = default_settings(hf_config, given.method)
+        config = TPConfig(**{**defaults, **from_file, **settings, "model": name}).resolved(
+            loading.num_decoder_layers(hf_config)
+        )
         device = loading.resolve_device(config.device)
         loaded = loading.load_model(
             name,
@@ -145,7 +187,7 @@ class TPEncoder:
 
     @property
     def tokenizer(self) -> Any:
-        """The model's tokenizer, with ``<PST>`` added."""
+        """The model's tokenizer, with ``<PST>`` and ``<B-PST>`` added."""
         return self._loaded.tokenizer
 
     @property
@@ -157,7 +199,8 @@ class TPEncoder:
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"TPEncoder(model={c.model!r}, prompt={c.prompt!r}, tp={c.tp}, tp_start={c.tp_start}, "
+            f"TPEncoder(model={c.model!r}, method={c.method!r}, prompt={c.prompt!r}, tp={c.tp}, "
+            f"tp_start={c.tp_start}, "
             f"tp_stop={c.tp_stop}, output_layer={c.output_layer}, pooling={c.pooling!r}, "
             f"device={str(self._loaded.device)!r}, dtype={self.dtype!r}, "
             f"dtype_reason={self.dtype_reason!r})"
@@ -175,8 +218,16 @@ class TPEncoder:
                 f"{', '.join(fixed)} select the loaded weights; load another encoder with "
                 "TPEncoder.from_pretrained(...) to change them"
             )
+        if changes.get("method", self.config.method) != self.config.method:
+            raise ValueError(
+                "method selects the prompts and layer defaults; load an encoder for it with "
+                f"TPEncoder.from_pretrained(model, method={changes['method']!r}) (the weights "
+                "already loaded are reused)"
+            )
         config = self.config.replace(**changes).resolved(self._num_layers)
-        return TPEncoder(self._loaded, config, self.load_kwargs)
+        encoder = TPEncoder(self._loaded, config, self.load_kwargs)
+        encoder._widths = self._widths  # the same weights give the same widths
+        return encoder
 
     @overload
     def encode(
@@ -184,6 +235,7 @@ class TPEncoder:
         texts: str,
         *,
         tp: bool | None = ...,
+        query: bool = ...,
         prompt: str | None = ...,
         batch_size: int | None = ...,
         show_progress: bool | None = ...,
@@ -194,6 +246,7 @@ class TPEncoder:
         texts: Sequence[str],
         *,
         tp: bool | None = ...,
+        query: bool = ...,
         prompt: str | None = ...,
         batch_size: int | None = ...,
         show_progress: bool | None = ...,
@@ -203,19 +256,23 @@ class TPEncoder:
         texts: str | Sequence[str],
         *,
         tp: bool | None = None,
+        query: bool = False,
         prompt: str | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> np.ndarray:
         """Embed one text (gives shape ``(d,)``) or a list of texts (gives ``(n, d)``), float32.
 
-        ``tp``, ``prompt`` and ``batch_size`` override the config for this call (``tp=False``
-        is the same prompt without the placeholder, on the same loaded weights; ``prompt`` lets
-        queries use another template than documents). ``show_progress=None`` shows a bar only
-        for long jobs.
+        ``query=True`` embeds search queries with the config's ``query_prompt`` (HTP's default
+        ``htp-query``; for TP, the document prompt unless one is set). ``tp``, ``prompt`` and
+        ``batch_size`` override the config for this call (``tp=False`` is the same prompt
+        without any placeholder, on the same loaded weights). ``show_progress=None`` shows a
+        "Batches" bar when this module's logger is at INFO or DEBUG, as sentence-transformers.
 
         >>> enc.encode("one text").shape  # doctest: +SKIP
         (896,)
+        >>> enc.encode(["what is lift?"], query=True).shape  # doctest: +SKIP
+        (1, 896)
         """
         layer = self.config.output_layer
         assert layer is not None  # resolved in __init__
@@ -223,6 +280,7 @@ class TPEncoder:
             texts,
             [layer],
             tp=tp,
+            query=query,
             prompt=prompt,
             batch_size=batch_size,
             show_progress=show_progress,
@@ -235,6 +293,7 @@ class TPEncoder:
         layers: Sequence[int],
         *,
         tp: bool | None = None,
+        query: bool = False,
         prompt: str | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
@@ -247,19 +306,13 @@ class TPEncoder:
         >>> enc.encode_layers(["a", "b"], [10, 20, -1])[20].shape  # doctest: +SKIP
         (2, 896)
         """
-        single = isinstance(texts, str)
-        items = _check_texts(texts)
         readout = {layer: hidden_states_index(layer, self._num_layers) for layer in layers}
-        use_tp = self.config.tp if tp is None else bool(tp)
-        templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
+        items, templates, features = self._prepare(texts, tp=tp, query=query, prompt=prompt)
         if not items:
-            self._check_max_length(templates)
             return {
                 layer: np.zeros((0, self._width(index)), dtype=np.float32)
                 for layer, index in readout.items()
             }
-        self._check_max_length(templates)
-        features = self._prompt_features(items, tp=use_tp, templates=templates)
         per_text = len(templates)
         truncated = sum(
             any(f.truncated for f in features[i : i + per_text])
@@ -268,7 +321,7 @@ class TPEncoder:
         if truncated:
             logger.warning(
                 "%d of %d texts did not fit into max_length=%d tokens and were cut "
-                "(the prompt template and placeholder were kept).",
+                "(the prompt template and placeholders were kept).",
                 truncated,
                 len(items),
                 self.config.max_length,
@@ -276,18 +329,13 @@ class TPEncoder:
         pooled = self._run(
             features,
             readout_layers=sorted(set(readout.values())),
-            tp=use_tp,
             batch_size=batch_size or self.config.batch_size,
             show_progress=show_progress,
         )
         result = {}
         for layer, index in readout.items():
-            vectors = pooled[index]
-            if len(templates) > 1:  # MetaEOL: average the vectors of the prompts
-                vectors = vectors.reshape(len(items), len(templates), -1).mean(axis=1)
-            if self.config.normalize:
-                vectors = unit_rows(vectors)
-            result[layer] = vectors[0] if single else vectors
+            vectors = self._finish(pooled[index], len(templates), None)
+            result[layer] = vectors[0] if isinstance(texts, str) else vectors
         return result
 
     def tokenize(
@@ -295,91 +343,126 @@ class TPEncoder:
         texts: str | Sequence[str],
         *,
         tp: bool | None = None,
+        query: bool = False,
         prompt: str | None = None,
     ) -> list[PromptFeatures]:
-        """The model inputs for ``texts``: each text cleaned up, put into each template, and
-        tokenized (one tokenizer call per 1,024 prompts), with only the text cut to fit
-        ``max_length``. Text-major order: a text's prompts (8 for MetaEOL) are adjacent.
+        """The model inputs for ``texts``: each text cleaned up (TP's built-in prompts), split
+        into sentences (HTP), put into each template, and tokenized (one tokenizer call per
+        1,024 prompts), with only the text cut to fit ``max_length``. Text-major order: a
+        text's prompts (8 for MetaEOL) are adjacent.
 
         This is the whole of ``encode`` outside the forward pass (benchmarks time it alone).
 
         >>> enc.tokenize("A man plays a guitar.")[0].input_ids  # doctest: +SKIP
         array([    1,   910, 10541,   584, 32000,   376, ...])
         """
-        items = _check_texts(texts)
-        use_tp = self.config.tp if tp is None else bool(tp)
-        templates = resolve_prompt(prompt) if prompt is not None else self.config.templates
-        self._check_max_length(templates)
-        return self._prompt_features(items, tp=use_tp, templates=templates)
+        return self._prepare(texts, tp=tp, query=query, prompt=prompt)[2]
 
+    @torch.inference_mode()
     def encode_tokenized(
         self,
         features: Sequence[PromptFeatures],
         *,
-        tp: bool | None = None,
+        query: bool = False,
         normalize: bool | None = None,
     ) -> np.ndarray:
-        """The rest of ``encode`` for prompts made by ``tokenize`` (with this encoder's prompt
-        and the same ``tp``): one ``(n_texts, d)`` float32 row per text, its prompts averaged,
-        L2-normalised if ``normalize`` (default: the config's). A server tokenizes the texts of
-        many requests apart and runs them here as one length-sorted, token-budget job.
+        """The rest of ``encode`` for prompts made by ``tokenize`` (with this encoder's prompts
+        and the same ``query``): one ``(n_texts, d)`` float32 row per text, its prompts
+        averaged, L2-normalised if ``normalize`` (default: the config's). A server tokenizes the
+        texts of many requests apart and runs them here as one length-sorted, token-budget job.
 
         >>> enc.encode_tokenized(enc.tokenize(["a", "b"])).shape  # doctest: +SKIP
         (2, 896)
         """
-        layer = self.config.output_layer
-        assert layer is not None  # resolved in __init__
+        assert self.config.output_layer is not None  # resolved in __init__
+        layer = hidden_states_index(self.config.output_layer, self._num_layers)
         if not features:
             return np.zeros((0, self._width(layer)), dtype=np.float32)
-        use_tp = self.config.tp if tp is None else bool(tp)
         vectors = self._run(
             list(features),
-            readout_layers=[hidden_states_index(layer, self._num_layers)],
-            tp=use_tp,
+            readout_layers=[layer],
             batch_size=self.config.batch_size,
             show_progress=False,
-        )[hidden_states_index(layer, self._num_layers)]
-        per_text = len(self.config.templates)
-        if per_text > 1:  # MetaEOL: average the vectors of the prompts
+        )[layer]
+        templates = self.config.query_templates if query else self.config.templates
+        return self._finish(vectors, len(templates), normalize)
+
+    def _finish(self, vectors: np.ndarray, per_text: int, normalize: bool | None) -> np.ndarray:
+        """Pooled prompt vectors into text vectors: a text's prompts averaged (MetaEOL's 8),
+        then L2-normalised if ``normalize`` (``None``: the config's)."""
+        if per_text > 1:
             vectors = vectors.reshape(-1, per_text, vectors.shape[1]).mean(axis=1)
         if self.config.normalize if normalize is None else normalize:
             vectors = unit_rows(vectors)
         return vectors
 
-    def _prompt_features(
-        self, items: list[str], *, tp: bool, templates: tuple[str, ...]
-    ) -> list[PromptFeatures]:
-        """``tokenize`` for texts already checked: clean up, render, tokenize."""
+    def _prepare(
+        self, texts: Any, *, tp: bool | None, query: bool, prompt: str | None
+    ) -> tuple[list[str], tuple[str, ...], list[PromptFeatures]]:
+        """Check texts, pick the templates (checked against ``max_length`` once), tokenize."""
+        items = _check_texts(texts)
+        use_tp = self.config.tp if tp is None else bool(tp)
+        if prompt is not None:
+            templates = resolve_prompt(prompt, self.config.method)
+        else:
+            templates = self.config.query_templates if query else self.config.templates
+        self._check_max_length(templates)
         if self.config.cleans_text:
             items = [clean_sentence(t) for t in items]
-        prompts = [render(template, text, tp=tp) for text in items for template in templates]
-        return self._tokenize_prompts(prompts)
+        if self.config.method == "htp":
+            from tp_rag.sentences import sentence_ends
+
+            ends = [sentence_ends(text) for text in items] if use_tp else [[]] * len(items)
+            prompts = [
+                render_passage(template, text, text_ends, tp=use_tp)
+                for text, text_ends in zip(items, ends, strict=True)
+                for template in templates
+            ]
+        else:
+            prompts = [
+                render(template, text, tp=use_tp) for text in items for template in templates
+            ]
+        return items, templates, self._tokenize_prompts(prompts)
 
     def _check_max_length(self, templates: tuple[str, ...]) -> None:
+        """Refuse a ``max_length`` that leaves no room for one text token with its placeholders
+        (TP: the template with ``<PST>``; HTP: one sentence's two placeholders and the EOS)."""
         if templates in self._fitting_templates:
             return
         for template in templates:
-            for tp in (True, False):
-                prompts = [render(template, "", tp=tp)]
-                length = len(self._tokenize_prompts(prompts, truncate=False)[0].input_ids)
-                if length >= self.config.max_length:
-                    raise ValueError(
-                        f"max_length={self.config.max_length} leaves no room for text: the "
-                        f"prompt template alone is {length} tokens; use max_length >= "
-                        f"{length + 16}"
-                    )
+            if self.config.method == "htp":
+                empty = self._tokenize_prompts([render_passage(template, "", [], tp=False)], False)
+                length = len(empty[0].input_ids) + 2  # + <B-PST> and <PST> of one sentence
+            else:
+                length = max(
+                    len(self._tokenize_prompts([render(template, "", tp=tp)], False)[0].input_ids)
+                    for tp in (True, False)
+                )
+            if length >= self.config.max_length:
+                raise ValueError(
+                    f"max_length={self.config.max_length} leaves no room for text: the "
+                    f"prompt template alone is {length} tokens; use max_length >= "
+                    f"{length + 16}"
+                )
         self._fitting_templates.add(templates)
 
     def _tokenize_prompts(
-        self, prompts: list[RenderedPrompt], *, truncate: bool = True
+        self, prompts: list[RenderedPrompt], truncate: bool = True
     ) -> list[PromptFeatures]:
         """Tokenize whole prompt strings (so ids equal the tokenizer's own), then cut only text.
 
-        Which tokens belong to the text, and which is ``<PST>``, comes from character offsets.
-        A SentencePiece token's span starts at its ``▁``, so ``▁<PST>`` (Llama-2) spans the
-        space before the placeholder: ``<PST>`` is the placeholder-id token whose span holds
-        the placeholder's first character.
+        Which tokens belong to the text, and which are placeholders, comes from character
+        offsets. A SentencePiece token's span starts at its ``▁``, so ``▁<PST>`` (Llama-2) spans
+        the space before the placeholder: a placeholder is the placeholder-id token whose span
+        holds the placeholder's first character. HTP prompts end with the model's EOS token.
         """
+        htp = self.config.method == "htp"
+        eos = self.tokenizer.eos_token_id
+        if htp and eos is None:
+            raise ValueError(
+                f"model {self.config.model!r} has no EOS token, which closes every HTP prompt; "
+                "use method='tp' or a tokenizer with eos_token set"
+            )
         features = []
         for start in range(0, len(prompts), _TOKENIZE_CHUNK):
             chunk = prompts[start : start + _TOKENIZE_CHUNK]
@@ -387,15 +470,21 @@ class TPEncoder:
             for prompt, ids, offsets in zip(
                 chunk, encoding["input_ids"], encoding["offset_mapping"], strict=True
             ):
+                ids = np.asarray(ids, dtype=np.int64)
                 spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-                features.append(
-                    self._features(prompt, np.asarray(ids, dtype=np.int64), spans, truncate)
-                )
+                if htp:
+                    end = len(prompt.text)
+                    ids = np.append(ids, eos)
+                    spans = np.concatenate([spans, [[end, end]]])
+                    features.append(self._passage_features(prompt, ids, spans, truncate))
+                else:
+                    features.append(self._features(prompt, ids, spans, truncate))
         return features
 
     def _features(
         self, prompt: RenderedPrompt, ids: np.ndarray, spans: np.ndarray, truncate: bool
     ) -> PromptFeatures:
+        """TP: one ``<PST>`` whose source is the prompt's last token."""
         starts, ends = spans[:, 0], spans[:, 1]  # (seq,) character offsets into prompt.text
         text_start, text_end = prompt.text_span
         overlaps = (starts < text_end) & (ends > text_start)
@@ -404,30 +493,83 @@ class TPEncoder:
             inside = (starts >= text_start) & (ends <= text_end) & (ends > starts)
             keep = ~(inside & (np.cumsum(inside) > inside.sum() - excess))
             ids, starts, ends, overlaps = ids[keep], starts[keep], ends[keep], overlaps[keep]
-
-        placeholder_index = -1
-        if prompt.placeholder_start is not None:
-            at = prompt.placeholder_start
-            matches = np.flatnonzero(
-                (ids == self._loaded.placeholder_id) & (starts <= at) & (ends > at)
+        if prompt.placeholder_start is None:
+            return PromptFeatures(ids, overlaps, _NO_PAIRS, _NO_PAIRS, truncated=excess > 0)
+        at = prompt.placeholder_start
+        matches = np.flatnonzero(
+            (ids == self._loaded.placeholder_id) & (starts <= at) & (ends > at)
+        )
+        if len(matches) != 1:
+            raise RuntimeError(
+                f"the tokenizer did not keep {PLACEHOLDER} as one "
+                f"token in {prompt.text!r}; please report this with the model name"
             )
-            if len(matches) != 1:
-                raise RuntimeError(
-                    f"the tokenizer did not keep {PLACEHOLDER} as one "
-                    f"token in {prompt.text!r}; please report this with the model name"
-                )
-            placeholder_index = int(matches[0])
-        return PromptFeatures(ids, overlaps, placeholder_index, truncated=excess > 0)
+        placeholder, source = matches[:1], np.array([len(ids) - 1])
+        return PromptFeatures(ids, overlaps, placeholder, source, truncated=excess > 0)
+
+    def _passage_features(
+        self, prompt: RenderedPrompt, ids: np.ndarray, spans: np.ndarray, truncate: bool
+    ) -> PromptFeatures:
+        """HTP: the prompt's ids with ``<B-PST>`` x n inserted where the text starts and a
+        ``<PST>`` before each sentence's first token. Sentence ``k``'s two placeholders <- its
+        last token (the last sentence's: the first token after the text). A cut drops text from
+        the end, and a sentence left without text goes with both its placeholders."""
+        starts, ends = spans[:, 0], spans[:, 1]  # (seq,) character offsets into prompt.text
+        text_start, text_end = prompt.text_span
+        text_mask = (starts < text_end) & (ends > text_start)
+        # Sentence k is tokens [first[k], first[k + 1]): from the first token with a character
+        # at or past its start to the first token after the text (the EOS at the latest). A
+        # sentence that shares its only token with the one before joins that one.
+        after_text = int(np.flatnonzero(text_mask)[-1]) + 1 if text_mask.any() else len(ids)
+        first = np.unique(np.searchsorted(ends, np.array(prompt.sentence_starts), side="right"))
+        first = first[first < after_text]
+        n = len(first)
+        excess = len(ids) + 2 * n - self.config.max_length if truncate else 0
+        if n == 0:  # HTP off, or no sentence (a blank text)
+            if excess > 0:
+                inside = text_mask & (ends > starts)
+                keep = ~(inside & (np.cumsum(inside) > inside.sum() - excess))
+                ids, text_mask = ids[keep], text_mask[keep]
+            return PromptFeatures(ids, text_mask, _NO_PAIRS, _NO_PAIRS, truncated=excess > 0)
+        bounds = [*first.tolist(), after_text]
+        keep = np.ones(len(ids), dtype=bool)
+        kept = n
+        while excess > 0:
+            last = kept - 1
+            count = bounds[last + 1] - bounds[last]
+            if count <= excess and last > 0:  # the whole sentence goes, with its placeholders
+                keep[bounds[last] : bounds[last + 1]] = False
+                excess -= count + 2
+                kept -= 1
+            else:  # _check_max_length leaves sentence 0 at least one token
+                keep[bounds[last + 1] - excess : bounds[last + 1]] = False
+                excess = 0
+        position = np.cumsum(keep) - 1  # old position -> position among the kept tokens
+        at = position[first[:kept]]  # where each kept sentence starts
+        ids = np.insert(
+            ids[keep],
+            [at[0]] * kept + at.tolist(),
+            [self._loaded.boundary_id] * kept + [self._loaded.placeholder_id] * kept,
+        )
+        text_mask = np.insert(text_mask[keep], [at[0]] * kept + at.tolist(), False)
+        psts = at + kept + np.arange(kept)  # after the n <B-PST> and the k earlier <PST>
+        sources = np.append(psts[1:] - 1, position[after_text] + 2 * kept)
+        return PromptFeatures(
+            ids,
+            text_mask,
+            np.concatenate([psts, at[0] + np.arange(kept)]),
+            np.concatenate([sources, sources]),
+            truncated=not keep.all(),
+        )
 
     def _width(self, index: int) -> int:
         """Vector width at ``hidden_states`` index ``index`` (one tiny forward pass, cached)."""
         index = hidden_states_index(index, self._num_layers)
-        widths = self._loaded.widths
-        if index not in widths:
-            prompts = [render(self.config.templates[0], "", tp=False)]
-            features = self._tokenize_prompts(prompts, truncate=False)
-            self._run(features, readout_layers=[index], tp=False, batch_size=1, show_progress=False)
-        return widths[index]
+        if index not in self._widths:
+            features = self._prepare([""], tp=False, query=False, prompt=None)[2]
+            pooled = self._run(features, readout_layers=[index], batch_size=1, show_progress=False)
+            self._widths[index] = pooled[index].shape[1]
+        return self._widths[index]
 
     @torch.inference_mode()
     def _run(
@@ -435,7 +577,6 @@ class TPEncoder:
         features: list[PromptFeatures],
         *,
         readout_layers: list[int],
-        tp: bool,
         batch_size: int,
         show_progress: bool | None,
     ) -> dict[int, np.ndarray]:
@@ -445,26 +586,21 @@ class TPEncoder:
         batches = token_budget_batches(
             [len(f.input_ids) for f in features], max_texts=batch_size, max_tokens=max_tokens
         )
-        if show_progress is None:
-            show_progress = len(batches) >= _PROGRESS_MIN_BATCHES
+        if show_progress is None:  # as sentence-transformers: the bar follows the logging level
+            show_progress = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         out: dict[int, np.ndarray] = {}
-        state = BatchState(on_readout=lambda layer, hidden: None)
-        assert self.config.tp_start is not None and self.config.tp_stop is not None
-        tp_layers = range(self.config.tp_start, self.config.tp_stop) if tp else range(0)
-        with (
-            loaded.lock,
-            tp_hooks(loaded.layers, state, tp_layers=tp_layers, readout_layers=readout_layers),
-        ):
+        with loaded.lock:
             for batch in tqdm(batches, desc="Batches", disable=not show_progress):
-                pooled = self._forward([features[i] for i in batch], state)
+                pooled = self._forward([features[i] for i in batch], readout_layers)
                 for layer, vectors in pooled.items():
                     if layer not in out:
-                        loaded.widths[layer] = vectors.shape[1]
                         out[layer] = np.empty((len(features), vectors.shape[1]), np.float32)
                     out[layer][batch] = vectors
         return out
 
-    def _forward(self, batch: list[PromptFeatures], state: BatchState) -> dict[int, np.ndarray]:
+    def _forward(
+        self, batch: list[PromptFeatures], readout_layers: list[int]
+    ) -> dict[int, np.ndarray]:
         """One left-padded batch through the model up to the deepest readout layer, pooled."""
         loaded = self._loaded
         width = max(len(f.input_ids) for f in batch)
@@ -472,21 +608,35 @@ class TPEncoder:
         input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         text_mask = np.zeros((len(batch), width), dtype=bool)
-        placeholder = np.zeros(len(batch), dtype=np.int64)
+        pads = np.empty(len(batch), dtype=np.int64)
         for row, f in enumerate(batch):
-            pad = width - len(f.input_ids)
+            pad = pads[row] = width - len(f.input_ids)
             input_ids[row, pad:] = f.input_ids
             attention_mask[row, pad:] = 1
             text_mask[row, pad:] = f.text_mask
-            placeholder[row] = pad + f.placeholder_index
-        input_ids, attention_mask, text_mask, placeholder = map(
-            torch.from_numpy, (input_ids, attention_mask, text_mask, placeholder)
+        counts = [len(f.placeholders) for f in batch]
+        pair_rows = np.repeat(np.arange(len(batch)), counts)  # (pairs,)
+        pair_pads = pads[pair_rows]
+        input_ids, attention_mask, text_mask = map(
+            torch.from_numpy, (input_ids, attention_mask, text_mask)
         )
         # Positions count real tokens only, so a left-padded row sees the same positions as
         # when it is alone (absolute-position models such as GPT-2 depend on this).
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
         device = loaded.device
+        overwrites = None
+        assert self.config.tp_start is not None and self.config.tp_stop is not None
+        if len(pair_rows):
+            overwrites = Overwrites(
+                rows=torch.from_numpy(pair_rows).to(device),
+                placeholders=torch.from_numpy(
+                    np.concatenate([f.placeholders for f in batch]) + pair_pads
+                ).to(device),
+                sources=torch.from_numpy(np.concatenate([f.sources for f in batch]) + pair_pads).to(
+                    device
+                ),
+            )
         text_mask = text_mask.to(device).unsqueeze(-1)  # (batch, seq, 1)
         pooled: dict[int, np.ndarray] = {}
 
@@ -497,20 +647,24 @@ class TPEncoder:
                 vectors = (hidden.float() * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
             pooled[layer] = vectors.float().cpu().numpy()
 
-        state.on_readout = pool
-        state.placeholder_positions = placeholder.to(device)
+        tp_layers = range(self.config.tp_start, self.config.tp_stop)
         try:
-            output = loaded.model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device),
-                use_cache=False,
-            )
+            with tp_hooks(
+                loaded.layers,
+                overwrites,
+                pool,
+                tp_layers=tp_layers,
+                readout_layers=readout_layers,
+            ):
+                output = loaded.model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device),
+                    use_cache=False,
+                )
             pool(self._num_layers, output.last_hidden_state)  # after the final norm
         except ReadoutReached:
             pass
-        finally:
-            state.placeholder_positions = None
         return pooled
 
 

@@ -79,6 +79,8 @@ class System:
     name: str
     embed: Embed
     description: dict[str, Any] = field(default_factory=dict)
+    embed_query: Embed | None = None
+    """How retrieval queries are embedded, when not as ``embed`` does (a query template)."""
 
 
 def tp_systems(
@@ -88,7 +90,8 @@ def tp_systems(
     store: TPStore | None = None,
     counts: dict[bool, EmbedCounts] | None = None,
 ) -> list[System]:
-    """``TP on`` and ``TP off`` columns over one loaded ``TPEncoder``.
+    """``TP on`` and ``TP off`` columns over one loaded ``TPEncoder`` (``HTP on`` and
+    ``HTP off`` for ``method="htp"``); queries are embedded with ``query=True``.
 
     With ``cache`` (an ``EmbeddingCache``) and/or ``store`` (a ``TPStore`` over the same
     encoder), a text whose vector is already there for the same embedding space is not embedded
@@ -102,26 +105,27 @@ def tp_systems(
     def describe(config: TPConfig) -> dict[str, Any]:
         return {"kind": "tp-rag", "settings": config.to_dict(), "fingerprint": config.fingerprint()}
 
-    def embed(tp: bool) -> Embed:
+    def embed(tp: bool, query: bool = False) -> Embed:
         # No bar of the encoder's own: the caller follows progress through ``EvalProgress``.
         def plain(texts: Sequence[str]) -> np.ndarray:
-            return encoder.encode(list(texts), tp=tp, show_progress=False)
+            return encoder.encode(list(texts), tp=tp, query=query, show_progress=False)
 
         if cache is None and store is None and counts is None:
             return plain
         return cached_embed(
             plain,
-            encoder.config.replace(tp=tp).fingerprint(),
+            encoder.config.replace(tp=tp).fingerprint(query=query),
             cache=cache,
-            sources=[StoreVectors(store)] if store is not None else [],
+            sources=[StoreVectors(store)] if store is not None and not query else [],
             counts=None if counts is None else counts[tp],
             width=lambda: encoder.dimension,  # a forward pass, once, only if vectors are found
         )
 
     on, off = encoder.config.replace(tp=True), encoder.config.replace(tp=False)
+    label = encoder.config.method.upper()
     return [
-        System("TP on", embed(True), describe(on)),
-        System("TP off", embed(False), describe(off)),
+        System(f"{label} on", embed(True), describe(on), embed(True, query=True)),
+        System(f"{label} off", embed(False), describe(off), embed(False, query=True)),
     ]
 
 
@@ -278,7 +282,8 @@ def evaluate_retrieval(
         done = number * per_system
         doc_vectors = _embed_all(system, data.documents, "documents", progress, done, total)
         done += len(data.documents)
-        query_vectors = _embed_all(system, data.queries, "queries", progress, done, total)
+        queries = System(system.name, system.embed_query or system.embed)
+        query_vectors = _embed_all(queries, data.queries, "queries", progress, done, total)
         metrics[system.name] = score_retrieval(data, query_vectors, doc_vectors, recall_at)
         del doc_vectors, query_vectors  # one column's vectors alive at a time
     return {

@@ -41,11 +41,11 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from tp_rag.errors import MODEL_HINT, ModelUnavailableError
-from tp_rag.prompts import PLACEHOLDER
+from tp_rag.prompts import BOUNDARY_PLACEHOLDER, PLACEHOLDER
 
 PLACEHOLDER_INIT = "mean-of-vocabulary-rows"
-"""How a newly added ``<PST>`` row is initialised: the mean of the checkpoint's input-embedding
-rows below the ``<PST>`` id, computed in float32. Deterministic, so separate
+"""How newly added ``<PST>`` and ``<B-PST>`` rows are initialised: the mean of the checkpoint's
+input-embedding rows below the first added id, computed in float32. Deterministic, so separate
 processes give identical vectors; the paper finds the initialisation does not matter."""
 
 
@@ -57,14 +57,14 @@ class LoadedModel:
     tokenizer: Any
     layers: nn.ModuleList
     placeholder_id: int
+    boundary_id: int
+    """The id of HTP's ``<B-PST>``."""
     digest: str
     """``model_digest``: the checkpoint's weights, model config and tokenizer."""
     device: torch.device
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held during a forward pass: hooks live on the shared modules."""
-    widths: dict[int, int] = field(default_factory=dict)
-    """Vector width per ``hidden_states`` index, as read out (filled on first use)."""
     config: PretrainedConfig | None = None
     """The model's configuration as ``load_config`` read it (shared: do not modify)."""
 
@@ -311,23 +311,27 @@ def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
     return min(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
-def _add_placeholder(model: nn.Module, tokenizer: Any) -> int:
-    """Add ``<PST>`` as a token (``tokenizer.add_tokens`` semantics) and set its embedding row."""
-    if PLACEHOLDER in tokenizer.get_vocab():  # a model that already ships the token keeps its row
-        return int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
-    tokenizer.add_tokens([PLACEHOLDER])
-    placeholder_id = int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
-    embeddings = model.get_input_embeddings()
-    checkpoint_rows = embeddings.weight.shape[0]
-    if placeholder_id >= checkpoint_rows:
-        model.resize_token_embeddings(placeholder_id + 1, mean_resizing=False)
+def _add_placeholders(model: nn.Module, tokenizer: Any) -> tuple[int, int]:
+    """Add ``<PST>`` and ``<B-PST>`` as tokens (``tokenizer.add_tokens`` semantics) and set
+    their embedding rows; a model that already ships one keeps its row."""
+    tokens = (PLACEHOLDER, BOUNDARY_PLACEHOLDER)
+    missing = [token for token in tokens if token not in tokenizer.get_vocab()]
+    tokenizer.add_tokens(missing)  # <PST> first: its id is the one TP has always had
+    ids = tuple(int(tokenizer.convert_tokens_to_ids(token)) for token in tokens)
+    if missing:
+        first = min(int(tokenizer.convert_tokens_to_ids(token)) for token in missing)
+        last = max(ids)
         embeddings = model.get_input_embeddings()
-    with torch.no_grad():
-        weight = embeddings.weight
-        mean = weight[: min(placeholder_id, checkpoint_rows)].float().mean(0)
-        # Rows the resize added (normally just <PST>'s) get the same deterministic value.
-        weight[min(placeholder_id, checkpoint_rows) : placeholder_id + 1] = mean.to(weight.dtype)
-    return placeholder_id
+        checkpoint_rows = embeddings.weight.shape[0]
+        if last >= checkpoint_rows:
+            model.resize_token_embeddings(last + 1, mean_resizing=False)
+            embeddings = model.get_input_embeddings()
+        with torch.no_grad():
+            weight = embeddings.weight
+            mean = weight[: min(first, checkpoint_rows)].float().mean(0)
+            # Rows the resize added (normally just the placeholders') get the same value.
+            weight[min(first, checkpoint_rows) : last + 1] = mean.to(weight.dtype)
+    return ids[0], ids[1]
 
 
 class _HeadlessLoadFilter(logging.Filter):
@@ -681,14 +685,15 @@ def _load_uncached(
         )
     model.eval()
     files = checkpoint_files(name_or_path, config, revision=revision, **model_kwargs)
-    digest = model_digest(model, tokenizer, files)  # before <PST> and before moving
-    placeholder_id = _add_placeholder(model, tokenizer)
+    digest = model_digest(model, tokenizer, files)  # before the placeholders and before moving
+    placeholder_id, boundary_id = _add_placeholders(model, tokenizer)
     model.to(device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         layers=find_decoder_layers(model, num_decoder_layers(config)),
         placeholder_id=placeholder_id,
+        boundary_id=boundary_id,
         digest=digest,
         device=device,
         dtype=dtype,

@@ -6,6 +6,11 @@ did not publish settings for, the defaults scale the Llama-2-7B choice with dept
 with ``L`` decoder layers (clamped so that ``tp_start < tp_stop <= L`` and
 ``1 <= output_layer <= L``), with the PromptEOL prompt. ``tp-rag tune`` picks better values on
 labelled data.
+
+HTP (``method="htp"``) has one published setting, for Mistral-7B-Instruct-v0.3 (32 layers):
+``tp_start = 1``, ``tp_stop = 7``, ``output_layer = -2`` (the input of the last layer). Other
+depths scale it the same way: ``tp_stop = round(7/32 * L)`` and ``output_layer =
+round(31/32 * L)``, kept below ``L`` so the readout stays before the last layer.
 """
 
 from __future__ import annotations
@@ -104,8 +109,25 @@ def depth_rule(num_layers: int) -> dict[str, Any]:
     }
 
 
-def default_settings(config: PretrainedConfig) -> dict[str, Any]:
-    """The published preset for this architecture, or the depth rule."""
+def htp_depth_rule(num_layers: int) -> dict[str, Any]:
+    """HTP settings: the published Mistral-7B setting (1, 7, -2 of 32 layers) scaled to depth.
+
+    >>> htp_depth_rule(32), htp_depth_rule(24)["output_layer"]
+    ({'tp_start': 1, 'tp_stop': 7, 'output_layer': 31}, 23)
+    """
+    settings = depth_rule(num_layers)
+    output_layer = min(max(round(31 / 32 * num_layers), 1), max(num_layers - 1, 1))
+    return {
+        "tp_start": settings["tp_start"],
+        "tp_stop": settings["tp_stop"],
+        "output_layer": output_layer,
+    }
+
+
+def default_settings(config: PretrainedConfig, method: str = "tp") -> dict[str, Any]:
+    """The published preset for this architecture, or the depth rule (HTP: its own rule)."""
+    if method == "htp":  # the TP presets' prompts are TP templates; HTP's come from TPConfig
+        return htp_depth_rule(num_decoder_layers(config))
     published = match_published(config)
     if published is not None:
         return dict(published.settings)

@@ -1,8 +1,12 @@
 """Prompt templates and the paper's sentence clean-up.
 
-A template holds ``{text}`` (the sentence, after clean-up) and ``{pst}`` (where the
+A TP template holds ``{text}`` (the sentence, after clean-up) and ``{pst}`` (where the
 placeholder goes). With TP on, ``{pst}`` becomes ``"<PST> "`` (the placeholder token and one
 space); with TP off it becomes ``""``, so TP off is the same prompt without the placeholder.
+
+An HTP template (hierarchical Token Prepending, Ding et al., 2025) holds ``{text}`` only: the
+placeholders go inside the text, a ``<PST>`` before each sentence and as many ``<B-PST>`` at its
+start (``render_passage`` says where); HTP off is the same prompt without any placeholder.
 
 The built-in templates are the exact strings of the Token Prepending paper's experiments
 (Fu et al., ACL 2025), which in turn come from PromptEOL (Jiang et al., 2023), Pretended CoT and
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 
 PLACEHOLDER = "<PST>"
 """The placeholder token added to the tokenizer, as in the paper."""
+BOUNDARY_PLACEHOLDER = "<B-PST>"
+"""HTP's second placeholder: one copy per sentence at the start of the text."""
 
 _METAEOL_TAIL_ENHANCE = 'To enhance the performance of this task, this sentence : {pst}"{text}"'
 
@@ -60,6 +66,16 @@ BUILTIN_PROMPTS: dict[str, tuple[str, ...]] = {
 }
 """Built-in prompt name -> its templates (MetaEOL has 8, whose vectors are averaged)."""
 
+HTP_PROMPTS: dict[str, tuple[str, ...]] = {
+    "htp-document": ("{text}",),
+    "htp-query": ("Retrieve relevant document. Text:{text}",),
+}
+"""Built-in HTP templates (the HTP paper's): documents are the text alone, queries carry the
+retrieval instruction. The model's EOS token closes every HTP prompt."""
+
+PROMPT_METHODS: dict[str, dict[str, tuple[str, ...]]] = {"tp": BUILTIN_PROMPTS, "htp": HTP_PROMPTS}
+"""Method -> its built-in prompts."""
+
 
 @dataclass(frozen=True)
 class RenderedPrompt:
@@ -67,22 +83,49 @@ class RenderedPrompt:
 
     text: str
     text_span: tuple[int, int]
+    """From the text's first character to its last (placeholders inside it included)."""
     placeholder_start: int | None
+    """TP: where ``<PST>`` starts; ``None`` for TP off and for HTP."""
+    sentence_starts: tuple[int, ...] = ()
+    """HTP on: where each sentence starts (its ``<PST>`` goes before the token there)."""
 
 
-def resolve_prompt(prompt: str) -> tuple[str, ...]:
+def resolve_prompt(prompt: str, method: str = "tp") -> tuple[str, ...]:
     """Return the templates of a built-in prompt name, or validate a custom template.
+
+    TP templates hold ``{text}`` and ``{pst}`` once each; HTP templates hold ``{text}`` once
+    and no ``{pst}`` (HTP places its own placeholders).
 
     >>> resolve_prompt("prompteol")
     ('This sentence : {pst}"{text}" means in one word:"',)
+    >>> resolve_prompt("htp-query", "htp")
+    ('Retrieve relevant document. Text:{text}',)
     """
-    if prompt in BUILTIN_PROMPTS:
-        return BUILTIN_PROMPTS[prompt]
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(PROMPT_METHODS)}")
+    builtin = PROMPT_METHODS[method]
+    if prompt in builtin:
+        return builtin[prompt]
+    names = ", ".join(sorted(builtin))
+    for other, prompts in PROMPT_METHODS.items():
+        if other != method and prompt in prompts:
+            raise ValueError(
+                f"prompt {prompt!r} is a built-in {other.upper()} prompt, but method={method!r}; "
+                f"use one of {method.upper()}'s ({names}) or set method={other!r}"
+            )
+    if method == "htp":
+        if prompt.count("{text}") != 1 or "{pst}" in prompt:
+            raise ValueError(
+                f"prompt {prompt!r} is neither a built-in HTP prompt name ({names}) nor an HTP "
+                "template: an HTP template contains {text} exactly once and no {pst} (HTP puts "
+                "its placeholders inside the text), e.g. 'Represent this passage:{text}'."
+            )
+        return (prompt,)
     missing = [field for field in ("{text}", "{pst}") if prompt.count(field) != 1]
     if missing:
         raise ValueError(
             f"prompt {prompt!r} is neither a built-in prompt name "
-            f"({', '.join(sorted(BUILTIN_PROMPTS))}) nor a custom template: a template must "
+            f"({names}) nor a custom template: a template must "
             f"contain {' and '.join(missing)} exactly once, e.g. "
             '\'This passage : {pst}"{text}" means in one word:"\'.'
         )
@@ -90,7 +133,7 @@ def resolve_prompt(prompt: str) -> tuple[str, ...]:
 
 
 def is_builtin(prompt: str) -> bool:
-    """True for the names of the paper's prompts."""
+    """True for the names of the TP paper's prompts (those the sentence clean-up is for)."""
     return prompt in BUILTIN_PROMPTS
 
 
@@ -132,4 +175,31 @@ def render(template: str, text: str, *, tp: bool) -> RenderedPrompt:
         text=before_filled + text + after_filled,
         text_span=(start, start + len(text)),
         placeholder_start=placeholder_start,
+    )
+
+
+def render_passage(
+    template: str, text: str, sentence_ends: list[int], *, tp: bool
+) -> RenderedPrompt:
+    """Fill an HTP template; with ``tp``, also say where each sentence starts.
+
+    The prompt string never holds the placeholders: the encoder inserts their ids into the
+    token ids of this string (``<B-PST>`` x n where the text starts, ``<PST>`` before the first
+    token of each sentence). Added tokens are matched differently by each tokenizer (Llama-2's
+    normalizer finds ``<PST>`` only after a space), whereas inserted ids leave the text's own
+    tokens exactly as in running text, and HTP off is the same ids without the placeholders.
+
+    ``sentence_ends`` are the character offsets in ``text`` where each sentence's last
+    non-blank character ends (``tp_rag.sentences.sentence_ends``). Sentence ``k`` starts where
+    sentence ``k - 1`` ends, so the blank between two sentences belongs to the later one, as
+    its first word's leading space does in running text.
+
+    >>> render_passage("Q:{text}", "Hi there. Bye.", [9, 14], tp=True).sentence_starts
+    (2, 11)
+    """
+    before, after = template.split("{text}")
+    start = len(before)
+    starts = (start, *(start + end for end in sentence_ends[:-1])) if tp and sentence_ends else ()
+    return RenderedPrompt(
+        before + text + after, (start, start + len(text)), None, sentence_starts=starts
     )

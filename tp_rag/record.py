@@ -9,7 +9,8 @@ Ray workers alike; ``check_space`` is the one fingerprint check.
 
 A record holds the model (a local folder by its absolute path), how it was loaded
 (``revision``, ``trust_remote_code``, ``model_kwargs``), every ``TPConfig`` setting (``tp``
-included), ``query_prompt``, the fingerprint, and the record's format and method version. A
+and ``query_prompt`` included), the fingerprint, and the record's format and method version
+(``scheme``). A
 record of another format or method version, or one that does not parse, is refused with the
 advice to re-ingest: its vectors cannot be checked against a model.
 
@@ -59,7 +60,7 @@ LOADING_KEYS = ("revision", "trust_remote_code", "model_kwargs")
 """The record's loading options (``TPEncoder.from_pretrained`` keywords)."""
 
 _RUNTIME = tuple(sorted(RUNTIME_FIELDS - {"model"}))
-_KNOWN = {"format", "method", "model", "fingerprint", "query_prompt", *LOADING_KEYS}
+_KNOWN = {"format", "scheme", "model", "fingerprint", *LOADING_KEYS}
 _KNOWN |= set(TPConfig.field_names())
 
 # Models this process loaded with trust_remote_code=True by its own choice (``trust_model``):
@@ -75,9 +76,7 @@ def trust_model(name_or_path: str) -> None:
     _trusted_models.add(model_key(name_or_path))
 
 
-def encoder_record(
-    encoder: TPEncoder, *, tp: bool | None = None, query_prompt: str | None = None
-) -> dict[str, Any]:
+def encoder_record(encoder: TPEncoder, *, tp: bool | None = None) -> dict[str, Any]:
     """The record of ``encoder`` (with ``tp`` instead of its own, if given): JSON values only.
 
     The settings are the resolved ones (layers included), so a later tp-rag with other defaults
@@ -96,10 +95,9 @@ def encoder_record(
     loading = {k: v for k, v in encoder.load_kwargs.items() if v not in (None, {})}
     record = {
         "format": RECORD_FORMAT,
-        "method": _method(),
+        "scheme": _scheme(),
         "model": model,
         **settings,
-        "query_prompt": query_prompt,
         **loading,
         "fingerprint": config.fingerprint(),
     }
@@ -244,11 +242,11 @@ def _readable(record: Any, collection: str | None) -> dict[str, Any]:
     re-ingest."""
     if not isinstance(record, Mapping):
         problem = f"no record it can read ({type(record).__name__})"
-    elif (record.get("format"), record.get("method")) != (RECORD_FORMAT, _method()):
+    elif (record.get("format"), record.get("scheme")) != (RECORD_FORMAT, _scheme()):
         problem = (
-            f"a record of another tp-rag (format {record.get('format')!r}, method "
-            f"{record.get('method')!r}; this one reads format {RECORD_FORMAT}, method "
-            f"{_method()!r})"
+            f"a record of another tp-rag (format {record.get('format')!r}, method version "
+            f"{record.get('scheme')!r}; this one reads format {RECORD_FORMAT}, method version "
+            f"{_scheme()!r})"
         )
     elif set(record) - _KNOWN:
         problem = (
@@ -274,6 +272,6 @@ def _where(collection: str | None) -> str:
     return f"collection {collection!r}" if collection else "this collection"
 
 
-def _method() -> str:
+def _scheme() -> str:
     """The method version of the vectors this tp-rag computes (part of every fingerprint)."""
-    return str(TPConfig().space()["method"])
+    return str(TPConfig().space()["scheme"])

@@ -92,20 +92,6 @@ class ServeLimits:
                 raise ValueError(f"{item.name}={value!r} must be a positive integer")
 
 
-def input_encoders(encoder: TPEncoder, query_prompt: str | None) -> dict[str, TPEncoder]:
-    """The one place the server tells queries from documents: the encoder for each input kind.
-
-    Documents use the encoder as loaded; queries use ``query_prompt`` (a built-in name or a
-    template) over the same weights, or the document prompt when it is ``None``, as the
-    adapters' ``query_prompt`` does.
-
-    >>> input_encoders(enc, "pcot")["query"].config.prompt  # doctest: +SKIP
-    'pcot'
-    """
-    query = encoder if query_prompt is None else encoder.with_settings(prompt=query_prompt)
-    return {"document": encoder, "query": query}
-
-
 class RequestError(Exception):
     """A request the server refuses: an HTTP status, a message naming the fix, and the
     OpenAI ``param`` it is about."""
@@ -182,16 +168,13 @@ class EmbeddingService:
         load: Callable[[], TPEncoder],
         *,
         limits: ServeLimits,
-        query_prompt: str | None = None,
         metrics: _Metrics | None = None,
     ) -> None:
         self._load = load
         self.limits = limits
-        self.query_prompt = query_prompt
         self.metrics = metrics or _Metrics()
         self.encoder: TPEncoder | None = None
         self.load_error: Exception | None = None
-        self._encoders: dict[str, TPEncoder] = {}
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
@@ -220,7 +203,6 @@ class EmbeddingService:
     async def _run(self, on_load_error: Callable[[], None]) -> None:
         try:
             encoder = await asyncio.to_thread(self._load)
-            self._encoders = input_encoders(encoder, self.query_prompt)
             self.encoder = encoder
             logger.info("model loaded: %r", encoder)
         except Exception as error:  # the server stops and ``serve`` raises it
@@ -264,13 +246,16 @@ class EmbeddingService:
 
     def _compute(self, jobs: list[_Job]) -> list[_Done | BaseException]:
         """Tokenize each job apart (a bad one fails alone), then run the jobs of each
-        (input kind, tp) together through the encoder."""
+        (input kind, tp) together through the encoder; queries get the encoder's query prompt
+        (``query=True``), as ``encode`` gives them."""
+        encoder = self.encoder
+        assert encoder is not None  # the worker runs once the model is loaded
         results: list[_Done | BaseException] = [RuntimeError("not run")] * len(jobs)
         groups: dict[tuple[str, bool], list[tuple[int, list[PromptFeatures]]]] = {}
         for index, job in enumerate(jobs):
-            encoder = self._encoders[job.kind]
+            query = job.kind == "query"
             try:
-                features = encoder.tokenize(job.texts, tp=job.tp)
+                features = encoder.tokenize(job.texts, tp=job.tp, query=query)
             except (TypeError, ValueError) as error:
                 results[index] = RequestError(422, str(error), "input")
                 continue
@@ -279,7 +264,8 @@ class EmbeddingService:
                 results[index] = error
                 continue
             if not job.truncate:
-                per_text = len(encoder.config.templates)
+                templates = encoder.config.query_templates if query else encoder.config.templates
+                per_text = len(templates)
                 long = [i // per_text for i, f in enumerate(features) if f.truncated]
                 if long:
                     results[index] = RequestError(
@@ -292,11 +278,12 @@ class EmbeddingService:
                     )
                     continue
             groups.setdefault((job.kind, job.tp), []).append((index, features))
-        for (kind, tp), members in groups.items():
-            encoder = self._encoders[kind]
+        for (kind, _tp), members in groups.items():
             try:
                 vectors = encoder.encode_tokenized(
-                    [f for _, features in members for f in features], tp=tp, normalize=False
+                    [f for _, features in members for f in features],
+                    query=kind == "query",
+                    normalize=False,
                 )
             except Exception as error:  # e.g. out of memory: those requests fail, not the server
                 logger.exception("embedding failed")
@@ -419,7 +406,6 @@ def create_app(
     served_name: str,
     limits: ServeLimits | None = None,
     api_key: str | None = None,
-    query_prompt: str | None = None,
 ) -> Starlette:
     """The ASGI app: TEI and OpenAI routes over one ``EmbeddingService``.
 
@@ -432,7 +418,7 @@ def create_app(
     from starlette.routing import Route
 
     limits = limits or ServeLimits()
-    service = EmbeddingService(load, limits=limits, query_prompt=query_prompt)
+    service = EmbeddingService(load, limits=limits)
     metrics = service.metrics
     state = {"in_flight": 0}
 
@@ -619,14 +605,16 @@ def create_app(
             "version": __version__,
             "ready": encoder is not None,
             "auto_truncate": True,
-            "query_prompt": query_prompt,
             **asdict(limits),
         }
         if encoder is not None:
             config = encoder.config
             body.update(
                 model_type={"embedding": {"pooling": config.pooling}},
-                model_dtype=str(encoder.placeholder_embedding.dtype).removeprefix("torch."),
+                model_dtype=encoder.dtype,
+                dtype_reason=encoder.dtype_reason,
+                method=config.method,
+                query_prompt=config.query_prompt,
                 max_input_length=config.max_length,
                 max_batch_tokens=config.batch_token_budget(
                     encoder.placeholder_embedding.device.type
@@ -713,7 +701,6 @@ def serve(
     port: int = 8080,
     limits: ServeLimits | None = None,
     api_key: str | None = None,
-    query_prompt: str | None = None,
     log_level: str = "info",
 ) -> int:
     """Run the server until SIGTERM or Ctrl-C; returns 0 after a drained stop, and raises the
@@ -723,9 +710,7 @@ def serve(
     """
     import uvicorn
 
-    app = create_app(
-        load, served_name=served_name, limits=limits, api_key=api_key, query_prompt=query_prompt
-    )
+    app = create_app(load, served_name=served_name, limits=limits, api_key=api_key)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False
     )

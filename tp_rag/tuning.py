@@ -128,8 +128,10 @@ def layer_vectors(
     chunk_size: int,
     name: str = "texts",
     progress: Callable[[int], None] | None = None,
+    query: bool = False,
 ) -> dict[int, Path]:
-    """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer.
+    """Embed ``texts`` read out at every layer of ``layers``, into one ``.npy`` per layer
+    (``query=True``: with the query template).
 
     Texts go through ``encode_layers`` in slices of ``chunk_size`` (longest first, so slices pad
     little); each slice's rows are written into the layers' files at once, so host memory holds
@@ -147,7 +149,7 @@ def layer_vectors(
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for begin in range(0, len(order), chunk_size):
         rows = order[begin : begin + chunk_size]
-        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp)
+        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp, query=query)
         for layer, file in files.items():
             file[rows] = vectors[layer]
         if progress is not None:
@@ -212,9 +214,10 @@ def tune(
             progress(counted["done"], per_pass * (len(tp_stops) + 1), str(counted["what"]))
 
     def score_layers(candidate: TPEncoder, tp: bool, folder: str) -> list[float]:
-        counted["what"] = f"tp_stop={candidate.config.tp_stop}" if tp else "TP off"
+        off = f"{candidate.config.method.upper()} off"
+        counted["what"] = f"tp_stop={candidate.config.tp_stop}" if tp else off
 
-        def vectors_of(texts: Sequence[str], name: str) -> dict[int, Path]:
+        def vectors_of(texts: Sequence[str], name: str, query: bool = False) -> dict[int, Path]:
             return layer_vectors(
                 candidate,
                 texts,
@@ -224,6 +227,7 @@ def tune(
                 chunk_size=chunk,
                 name=name,
                 progress=count,
+                query=query,
             )
 
         score: Callable[[int], float]
@@ -236,7 +240,7 @@ def tune(
                 return sts_spearman(pooled, load(files[layer]), index)
         else:
             docs = vectors_of(list(data.documents), "documents")
-            queries = vectors_of(list(data.queries), "queries")
+            queries = vectors_of(list(data.queries), "queries", query=True)
 
             def score(layer: int) -> float:
                 return score_retrieval(data, load(queries[layer]), load(docs[layer]))[metric]
@@ -263,7 +267,9 @@ def preset_settings(encoder: TPEncoder, result: TuneResult) -> dict[str, Any]:
     config = encoder.config
     tp_stop, output_layer, _ = result.best
     settings: dict[str, Any] = {
+        "method": config.method,
         "prompt": config.prompt,
+        "query_prompt": config.query_prompt,
         "tp": True,
         "tp_start": config.tp_start,
         "tp_stop": tp_stop,

@@ -210,9 +210,12 @@ def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list
     ships them."""
     systems: list[System] = []
     if not args.no_tp:
-        encoder = encoder_from_args(args, **({} if normalize is None else {"normalize": normalize}))
-        note(repr(encoder))
-        systems += tp_systems(encoder, cache=_cache(args))
+        cache = _cache(args)
+        extra = {} if normalize is None else {"normalize": normalize}
+        for method in _methods(args):  # the weights load once; each method gives on and off
+            encoder = encoder_from_args(args, **extra, **({"method": method} if method else {}))
+            note(repr(encoder))
+            systems += tp_systems(encoder, cache=cache)
     for spec in args.baseline:
         systems.append(
             baseline_system(
@@ -226,6 +229,16 @@ def _systems(args: argparse.Namespace, *, normalize: bool | None = None) -> list
 
 def _columns(systems: list[System]) -> str:
     return ", ".join(system.name for system in systems)
+
+
+def _methods(args: argparse.Namespace) -> list[str | None]:
+    """``--method tp,htp`` as a list (``[None]``, the default method, when not given)."""
+    if args.method is None:
+        return [None]
+    methods = [m.strip() for m in args.method.split(",")]
+    if len(set(methods)) != len(methods) or not all(methods):
+        raise ValueError(f"--method {args.method!r}: give each method once, e.g. --method tp,htp")
+    return list(methods)
 
 
 _PAPER_SETTINGS = ("preset", "prompt", "tp_start", "tp_stop", "output_layer", "pooling")

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from tp_rag.store import TPStore
 
 ENCODER_OPTIONS = (
+    "method",
     "prompt",
+    "query_prompt",
     "tp_start",
     "tp_stop",
     "output_layer",
@@ -50,9 +52,22 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--preset", default=None, help="JSON preset file (e.g. from tp-rag tune)")
     group.add_argument(
+        "--method",
+        default=None,
+        help="tp: Token Prepending, for sentences (default); htp: hierarchical TP, one "
+        "placeholder per sentence, for passages (tp-rag eval takes both: tp,htp)",
+    )
+    group.add_argument(
         "--prompt",
         default=None,
-        help="prompteol, pcot, ke, metaeol, or a template with {text} and {pst}",
+        help="TP: prompteol, pcot, ke, metaeol, or a template with {text} and {pst}; "
+        "HTP: htp-document or a template with {text}",
+    )
+    group.add_argument(
+        "--query-prompt",
+        default=None,
+        help="the prompt for queries (query, serve's query inputs), as --prompt "
+        "(default: HTP's htp-query; TP embeds queries like documents)",
     )
     group.add_argument("--tp-start", type=int, default=None, help="first TP layer (0-based)")
     group.add_argument("--tp-stop", type=int, default=None, help="TP runs before layers < this")

@@ -42,12 +42,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     from tp_rag.config import TPConfig
-    from tp_rag.prompts import resolve_prompt
     from tp_rag.serve import API_KEY_ENV, ServeLimits, serve
 
     limits = ServeLimits(**{name: getattr(args, name) for name in _LIMIT_HELP})
-    if args.query_prompt is not None:
-        resolve_prompt(args.query_prompt)  # a bad template fails before loading
     if args.max_length is not None or args.max_batch_tokens is not None:
         TPConfig(  # e.g. max_batch_tokens < max_length, before loading
             **{
@@ -77,7 +74,6 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=limits,
         api_key=api_key,
-        query_prompt=args.query_prompt,
         log_level=args.log_level,
     )
 
@@ -107,12 +103,6 @@ def register(subparsers: Any) -> None:
         "--served-model-name",
         default=None,
         help="the model name clients send (default: the hub name, or the model folder's name)",
-    )
-    group.add_argument(
-        "--query-prompt",
-        default=None,
-        help="prompt for queries (prompt_name/input_type query): a built-in name or a template "
-        "(default: the document prompt)",
     )
     group.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")

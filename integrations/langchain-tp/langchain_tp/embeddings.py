@@ -66,4 +66,4 @@ class TPEmbeddings(TPSettings, Embeddings):
                 f"embed_query takes one string, not {type(text).__name__}; for several texts "
                 "use embed_documents"
             )
-        return self._encoder.encode(text, prompt=self.query_prompt, show_progress=False).tolist()
+        return self._encoder.encode(text, query=True, show_progress=False).tolist()

@@ -101,7 +101,7 @@ class TPEmbedding(EncoderSettings, BaseEmbedding):
         return await super().aget_text_embedding_batch(texts, show_progress, **kwargs)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._encoder.encode(query, prompt=self.query_prompt, show_progress=False).tolist()
+        return self._encoder.encode(query, query=True, show_progress=False).tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._encoder.encode(text, show_progress=False).tolist()
