@@ -438,3 +438,33 @@ def test_evaluate_progress_counts_texts_with_time_left(demo: Any) -> None:
     assert rest[0].startswith("embedding documents, TP on: 32/90 texts")
     assert "about" in rest[0] and "left" in rest[0]
     assert rest[-1].startswith("embedding queries, TP off: 90/90 texts")
+
+
+def test_the_method_choice_switches_to_htp_over_the_same_weights(
+    app_module: ModuleType, tiny_gpt2_real_tokenizer: Path, tmp_path: Path
+) -> None:
+    """The settings' method choice: HTP gets its own encoder (HTP settings, the same loaded
+    weights) and its own collections; ingest, compare and evaluate work on it, with the page's
+    TP on / TP off columns; switching back returns to the TP encoder and its collections."""
+    tp_encoder = TPEncoder.from_pretrained(tiny_gpt2_real_tokenizer, device="cpu")
+    demo: Any = app_module.Demo(tp_encoder, connect(tmp_path / "db"))
+    tp_store = demo.store.on.name
+
+    assert "Collection" in demo.set_method("htp")
+    htp = demo.encoder
+    assert htp.config.method == "htp" and htp.config.pooling == "mean"
+    assert htp._loaded is tp_encoder._loaded  # no second copy of the weights
+    assert demo.store.on.name != tp_store
+    assert "HTP" in "\n".join(app_module.settings_lines(demo))
+
+    demo.ingest_sample()
+    on, off, _ = demo.compare("How do tides work?", k=3)
+    assert len(on) == len(off) == 3
+    table, _, _ = demo.evaluate()
+    assert list(table.columns)[1:3] == ["TP on", "TP off"]
+    assert table["TP on"].map(float).between(0, 1).all()
+
+    demo.set_method("tp")
+    assert demo.encoder is tp_encoder and demo.store.on.name == tp_store
+    with pytest.raises(ValueError, match="tp, htp"):
+        demo.set_method("bert")

@@ -89,7 +89,7 @@ class TPEncoder:
         ``trust_remote_code``, ``model_kwargs``), so the same model can be loaded again."""
         self._num_layers = len(loaded.layers)
         self._fitting_templates: set[tuple[str, ...]] = set()  # checked against max_length
-        self._widths: dict[int, int] = {}  # vector width per hidden_states index
+        self._widths = loaded.widths  # the same weights give the same widths
         if config.method == "htp":
             from tp_rag.sentences import splitter_id
 
@@ -169,6 +169,11 @@ class TPEncoder:
         return self._width(self.config.output_layer)
 
     @property
+    def device(self) -> str:
+        """The device the model runs on (``config.device="auto"`` resolved), e.g. ``"cpu"``."""
+        return str(self._loaded.device)
+
+    @property
     def dtype(self) -> str:
         """The number format the model computes in: ``"float32"``, ``"bfloat16"`` or
         ``"float16"``, which ``config.dtype="auto"`` resolves to on this machine (vectors are
@@ -225,9 +230,7 @@ class TPEncoder:
                 "already loaded are reused)"
             )
         config = self.config.replace(**changes).resolved(self._num_layers)
-        encoder = TPEncoder(self._loaded, config, self.load_kwargs)
-        encoder._widths = self._widths  # the same weights give the same widths
-        return encoder
+        return TPEncoder(self._loaded, config, self.load_kwargs)
 
     @overload
     def encode(
@@ -596,6 +599,8 @@ class TPEncoder:
                     if layer not in out:
                         out[layer] = np.empty((len(features), vectors.shape[1]), np.float32)
                     out[layer][batch] = vectors
+        for layer, vectors in out.items():  # a fact of the weights: ``dimension`` needs no probe
+            self._widths.setdefault(layer, vectors.shape[1])
         return out
 
     def _forward(

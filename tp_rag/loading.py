@@ -65,6 +65,9 @@ class LoadedModel:
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held during a forward pass: hooks live on the shared modules."""
+    widths: dict[int, int] = field(default_factory=dict)
+    """Vector width per ``hidden_states`` index: a fact of the weights, measured once (one tiny
+    forward pass) by the first encoder that needs it (``TPEncoder.dimension``)."""
     config: PretrainedConfig | None = None
     """The model's configuration as ``load_config`` read it (shared: do not modify)."""
 

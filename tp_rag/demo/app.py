@@ -29,6 +29,7 @@ import gradio as gr
 import pandas as pd
 
 from tp_rag.cli.display import describe_change, rank_change
+from tp_rag.config import METHODS
 from tp_rag.datasets import (
     read_beir_upload,
     read_labelled_documents,
@@ -130,10 +131,50 @@ class Demo:
         collection: str | None = None,
         sample: Path = SAMPLE,
     ) -> None:
-        name = collection or f"demo-{encoder.config.replace(tp=True).fingerprint()[:12]}"
-        self.encoder = encoder
-        self.store = TPStore(client, name, encoder)
         self.sample = sample
+        self._client = client
+        self._collection = collection
+        self._methods: dict[str, tuple[TPEncoder, TPStore]] = {}
+        self._use(encoder)
+
+    def _use(self, encoder: TPEncoder) -> None:
+        name = self._collection or f"demo-{encoder.config.replace(tp=True).fingerprint()[:12]}"
+        self.encoder = encoder
+        self.store = TPStore(self._client, name, encoder)
+        self._methods[encoder.config.method] = (encoder, self.store)
+
+    def set_method(self, method: str) -> str:
+        """Work with TP or HTP from now on, over the same loaded weights (each method has its
+        own collections, as its own embedding space); returns the new status.
+
+        The other method's encoder takes that method's default settings for the model and
+        this one's device, number format and batch sizes. A demo opened on a named collection
+        keeps that collection's method.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+        if method not in self._methods:
+            current = self.encoder.config
+            if self._collection is not None:
+                raise ValueError(
+                    f"collection `{self._collection}` holds {current.method.upper()} vectors; "
+                    f"start the demo without --collection (or with --method {method}) for "
+                    f"{method.upper()}"
+                )
+            self._use(
+                TPEncoder.from_pretrained(
+                    current.model,
+                    method=method,
+                    device=self.encoder.device,
+                    dtype=self.encoder.dtype,
+                    max_length=current.max_length,
+                    batch_size=current.batch_size,
+                    max_batch_tokens=current.max_batch_tokens,
+                    **self.encoder.load_kwargs,
+                )
+            )
+        self.encoder, self.store = self._methods[method]
+        return self.status()
 
     def status(self) -> str:
         """The collection's size, as Markdown, with what to do next when it is empty."""
@@ -265,7 +306,11 @@ _SCORE_COLUMNS = ["metric", "TP on", "TP off", "TP on − TP off"]
 
 
 def _scores(scores: dict[str, dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The metrics table (fixed decimals) and the chart's data."""
+    """The metrics table (fixed decimals) and the chart's data. ``scores``' first two columns
+    are the placeholder on and off ("HTP on"/"HTP off" for HTP): both are the page's "TP on"
+    and "TP off", the comparison it makes for either method."""
+    on, off = list(scores)[:2]
+    scores = {"TP on": scores[on], "TP off": scores[off]}
     metrics = list(scores["TP on"])
     table = pd.DataFrame(
         [
@@ -371,20 +416,37 @@ def settings_lines(demo: Demo) -> list[str]:
         else f"before layers {config.tp_start}–{last_tp}"
     )
     return [
-        f"**Model:** `{config.model}`",
+        f"**Model:** `{config.model}` ({demo.encoder.dtype} on {demo.encoder.device}: "
+        f"{demo.encoder.dtype_reason})",
+        f"**Method:** {config.method.upper()}, {config.pooling} pooling",
         f"**TP:** {layers} (0-based)",
         f"**Readout layer:** {config.output_layer}",
-        f"**Prompt:** `{config.prompt}`",
+        f"**Prompt:** `{config.prompt}`"
+        + (f", queries `{config.query_prompt}`" if config.query_prompt else ""),
         f"**Collections:** `{demo.store.on.name}` (TP on) and `{demo.store.off.name}` (TP off)",
     ]
 
 
-def settings_panel(demo: Demo) -> None:
-    """The "Model and settings" panel: the settings of ``settings_lines``. A control that
-    changes the encoder (a choice of method, say) belongs here too, created in this panel and
-    passed to the tabs' handlers as an input."""
+METHOD_CHOICES = [("TP: sentences and short texts", "tp"), ("HTP: passages", "htp")]
+METHOD_HELP = (
+    "**TP** puts one placeholder before the whole text: made for sentences and short texts. "
+    "**HTP** (hierarchical TP) puts one before each sentence and averages the text's tokens: "
+    "made for passages of several sentences. Each method has its own collections; switching "
+    "loads no second copy of the weights. Which is better on your data: "
+    "`tp-rag eval retrieval --method tp,htp`."
+)
+
+
+def settings_panel(demo: Demo) -> tuple[Any, Any]:
+    """The "Model and settings" panel: the method choice and the settings of
+    ``settings_lines``; returns the choice and the settings text (``build_app`` wires them)."""
     with gr.Accordion("Model and settings", open=False, elem_id="settings"):
-        gr.Markdown("\n\n".join(settings_lines(demo)))
+        method = gr.Radio(
+            METHOD_CHOICES, value=demo.encoder.config.method, label="Method", elem_id="method"
+        )
+        gr.Markdown(METHOD_HELP)
+        settings = gr.Markdown("\n\n".join(settings_lines(demo)), elem_id="settings-lines")
+    return method, settings
 
 
 def ingest_tab(demo: Demo) -> Any:
@@ -547,8 +609,9 @@ def build_app(demo: Demo) -> gr.Blocks:
     ``demo``'s handlers.
 
     API names (for ``gradio_client``): ``/ingest``, ``/ingest_sample``, ``/compare``,
-    ``/evaluate``, ``/status``. Bad input (an empty query, no upload) does not raise: the
-    status output (the last one) says what is wrong, and the other outputs are left as they were.
+    ``/evaluate``, ``/status``, ``/method``. Bad input (an empty query, no upload) does not
+    raise: the status output (the last one) says what is wrong, and the other outputs are left
+    as they were.
     """
     # Uploads are deleted once processed; delete_cache also clears, every hour, any left
     # over for an hour (uploaded but never processed).
@@ -557,11 +620,18 @@ def build_app(demo: Demo) -> gr.Blocks:
         delete_cache=(3600, 3600),
     ) as app:
         gr.Markdown(INTRO, elem_id="intro")
-        settings_panel(demo)
+        method, settings = settings_panel(demo)
         with gr.Tabs() as tabs:
             ingest_status = ingest_tab(demo)
             compare_tab(demo)
             evaluate_tab(demo)
+
+        @_shown_in_page(1, 2)
+        def on_method(choice: str) -> tuple[str, str]:
+            status = demo.set_method(choice)
+            return "\n\n".join(settings_lines(demo)), status
+
+        method.change(on_method, [method], [settings, ingest_status], api_name="method")
         # A warning about one tab's input does not follow the user to another tab.
         tabs.select(None, None, None, js=CLEAR_TOASTS, api_visibility="private")
         app.load(demo.status, None, [ingest_status], api_name="status")
