@@ -279,9 +279,9 @@ def test_records_of_an_earlier_tp_rag_are_refused_with_the_re_ingest_advice(
     encoder = TPEncoder.from_pretrained(tiny_llama, revision="main")
     current = TPEmbeddingFunction.from_encoder(encoder).get_config()
     nested = {k: v for k, v in current.items() if k not in ("revision", "trust_remote_code")}
-    nested = {k: v for k, v in nested.items() if k not in ("format", "method")}
+    nested = {k: v for k, v in nested.items() if k not in ("format", "scheme")}
     nested["model_kwargs"] = {"revision": "main", "trust_remote_code": False}
-    other_method = {**current, "method": "tp-rag/0"}
+    other_method = {**current, "scheme": "tp-rag/0"}
     for old in (nested, other_method):
         with pytest.raises(ValueError, match=r"Re-ingest the documents.*--collection") as info:
             TPEmbeddingFunction.build_from_config(old)

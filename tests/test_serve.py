@@ -241,8 +241,9 @@ def test_info_models_metrics(server: str, encoder: TPEncoder) -> None:
 
     info = httpx.get(f"{server}/info", headers=AUTH).json()
     assert info["model_id"] == NAME
-    assert info["fingerprints"][model_id(True)] == encoder.config.fingerprint()
-    assert info["fingerprints"][model_id(False)] == encoder.config.replace(tp=False).fingerprint()
+    served = encoder.with_settings(query_prompt=QUERY_PROMPT).config  # the server's settings
+    assert info["fingerprints"][model_id(True)] == served.fingerprint()
+    assert info["fingerprints"][model_id(False)] == served.replace(tp=False).fingerprint()
     for limit in [*ServeLimits.__dataclass_fields__, "max_input_length", "max_batch_tokens"]:
         assert limit in info, limit
     models = httpx.get(f"{server}/v1/models", headers=AUTH).json()

@@ -201,7 +201,7 @@ def test_a_store_of_the_previous_method_version_is_refused(
     with monkeypatch.context() as old:
         old.setattr(tp_rag.config, "_METHOD_VERSION", "tp-rag/2")
         write(TPStore(client, "docs", encoder), "s", TEXTS)
-    with pytest.raises(ConfigMismatchError, match=r"method 'tp-rag/2'.*Re-ingest"):
+    with pytest.raises(ConfigMismatchError, match=r"method version 'tp-rag/2'.*Re-ingest"):
         TPStore(client, "docs", encoder)
 
 

@@ -89,7 +89,6 @@ class TPEncoder:
         ``trust_remote_code``, ``model_kwargs``), so the same model can be loaded again."""
         self._num_layers = len(loaded.layers)
         self._fitting_templates: set[tuple[str, ...]] = set()  # checked against max_length
-        self._widths = loaded.widths  # the same weights give the same widths
         if config.method == "htp":
             from tp_rag.sentences import splitter_id
 
@@ -566,13 +565,8 @@ class TPEncoder:
         )
 
     def _width(self, index: int) -> int:
-        """Vector width at ``hidden_states`` index ``index`` (one tiny forward pass, cached)."""
-        index = hidden_states_index(index, self._num_layers)
-        if index not in self._widths:
-            features = self._prepare([""], tp=False, query=False, prompt=None)[2]
-            pooled = self._run(features, readout_layers=[index], batch_size=1, show_progress=False)
-            self._widths[index] = pooled[index].shape[1]
-        return self._widths[index]
+        """Vector width at ``hidden_states`` index ``index`` (measured when the model loaded)."""
+        return self._loaded.widths[hidden_states_index(index, self._num_layers)]
 
     @torch.inference_mode()
     def _run(
@@ -599,8 +593,6 @@ class TPEncoder:
                     if layer not in out:
                         out[layer] = np.empty((len(features), vectors.shape[1]), np.float32)
                     out[layer][batch] = vectors
-        for layer, vectors in out.items():  # a fact of the weights: ``dimension`` needs no probe
-            self._widths.setdefault(layer, vectors.shape[1])
         return out
 
     def _forward(

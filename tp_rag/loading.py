@@ -65,9 +65,9 @@ class LoadedModel:
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held during a forward pass: hooks live on the shared modules."""
-    widths: dict[int, int] = field(default_factory=dict)
-    """Vector width per ``hidden_states`` index: a fact of the weights, measured once (one tiny
-    forward pass) by the first encoder that needs it (``TPEncoder.dimension``)."""
+    widths: tuple[int, ...] = ()
+    """The width of each ``hidden_states`` index (0 = the embeddings' output, the last = the
+    model's output), read at load: a fact of the weights (OPT-350m: 1024 inside, 512 out)."""
     config: PretrainedConfig | None = None
     """The model's configuration as ``load_config`` read it (shared: do not modify)."""
 
@@ -613,6 +613,16 @@ def _component_state(component: Any) -> Any:
     return None if component is None else json.loads(component.__getstate__())
 
 
+def _hidden_state_widths(model: nn.Module, device: torch.device) -> tuple[int, ...]:
+    """The width of every ``hidden_states`` index, from one forward pass of one token."""
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.zeros((1, 1), dtype=torch.long, device=device),
+            output_hidden_states=True,
+        )
+    return tuple(int(hidden.shape[-1]) for hidden in out.hidden_states)
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -692,6 +702,7 @@ def _load_uncached(
     placeholder_id, boundary_id = _add_placeholders(model, tokenizer)
     model.to(device)
     return LoadedModel(
+        widths=_hidden_state_widths(model, device),
         model=model,
         tokenizer=tokenizer,
         layers=find_decoder_layers(model, num_decoder_layers(config)),
