@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import platform
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,26 @@ def make_model(directory: Path, shape: str, *, device: str = "cpu", dtype: str =
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     del model
+    return directory
+
+
+def build_real_shape(source: Path, directory: Path, *, dtype: str, device: str = "cpu") -> Path:
+    """``build_random_model.py SOURCE DIRECTORY``: random weights in a real model's shape, built
+    in another process so its memory is not the benchmark's."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("build_random_model.py")),
+            str(source),
+            str(directory),
+            "--dtype",
+            dtype,
+            "--device",
+            device,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return directory
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, machine, markdown, record, timed
+from _common import SHARED, build_real_shape, machine, markdown, record, timed
 from bench_real_shape import cranfield_passages, sts_dev_sentences
 from bench_throughput import flops_per_token
 
@@ -135,18 +134,7 @@ def main() -> None:
         model_dir = args.model
         if model_dir is None:
             model_dir = Path(tmp) / "model"
-            subprocess.run(  # built in another process, so its memory is not ours
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("build_random_model.py")),
-                    str(SHARED / "models" / SHAPE),
-                    str(model_dir),
-                    "--dtype",
-                    "bfloat16",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            build_real_shape(SHARED / "models" / SHAPE, model_dir, dtype="bfloat16")
         lines = run(args, model_dir, str(args.model or SHAPE))
     lines.insert(
         0,

