@@ -46,6 +46,10 @@ $(STAMP): pyproject.toml $(INTEGRATIONS)
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	for p in $(dir $(INTEGRATIONS)); do $(PY) -m pip install -q -e "$$p[test]" || exit 1; done
+	# A client the serve tests use (HuggingFaceEndpointEmbeddings), outside the extras: it pins
+	# huggingface-hub<2, which transformers 5 cannot use, so without its pins (the client runs
+	# on the huggingface-hub already installed).
+	$(PY) -m pip install -q --no-deps "langchain-huggingface>=1.2"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install torch (CPU build without a GPU), tp-rag and the integrations

@@ -158,8 +158,8 @@ def test_langchain_huggingface_endpoint(
     prompt_name."""
     lc_hf = pytest.importorskip(
         "langchain_huggingface",
-        reason="langchain-huggingface pins huggingface-hub<2, which transformers 5 cannot use, so "
-        "it is not in the test extra",
+        reason="langchain-huggingface is installed by `make install` (without its pins: it asks "
+        "for huggingface-hub<2, which transformers 5 cannot use), not by the test extra",
     )
     from huggingface_hub import InferenceClient
 
