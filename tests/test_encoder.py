@@ -393,3 +393,17 @@ def test_token_budget_batches_rule() -> None:
     assert token_budget_batches(lengths, max_texts=2, max_tokens=1000) == [[1, 5], [3, 4], [2, 0]]
     assert token_budget_batches([300], max_texts=8, max_tokens=100) == [[0]]
     assert token_budget_batches([], max_texts=8, max_tokens=100) == []
+
+
+def test_encode_layers_reports_each_batch(encoder: TPEncoder) -> None:
+    """``progress`` hears of every batch (what tune shows while one slice is embedded), in
+    counts that add up to the texts; MetaEOL's 8 prompts a text count as one text."""
+    texts = [f"Sentence {i} is about {'word ' * i}." for i in range(10)]
+    reports: list[int] = []
+    encoder.encode_layers(texts, [1, -1], batch_size=2, progress=reports.append)
+    assert reports == [2] * 5
+    metaeol: list[int] = []
+    encoder.with_settings(prompt="metaeol").encode_layers(
+        texts[:3], [1], batch_size=4, progress=metaeol.append
+    )
+    assert sum(metaeol) == 3 and len(metaeol) >= 3

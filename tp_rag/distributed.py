@@ -240,11 +240,13 @@ class _Embedder:
 
     def __init__(self, record: dict[str, Any], threads: int) -> None:
         import torch
+        from transformers.utils import logging as hf_logging
 
         from tp_rag.errors import ConfigMismatchError
         from tp_rag.record import LOADING_KEYS, open_encoder, recorded_runtime
 
         torch.set_num_threads(threads)
+        hf_logging.disable_progress_bar()  # a loading bar per actor would flood the driver's log
         # The driver's record of its own encoder: its loading options are the driver's choice.
         loading = {key: record[key] for key in LOADING_KEYS if key in record}
         try:

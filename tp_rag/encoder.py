@@ -4,7 +4,7 @@ or hierarchical Token Prepending (passages, ``htp``)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -299,11 +299,13 @@ class TPEncoder:
         prompt: str | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[int, np.ndarray]:
         """Embed texts read out at several layers in one forward pass per text.
 
         ``layers`` are ``hidden_states`` indices (as ``output_layer``); the result maps each to
         the vectors ``encode`` would give with that ``output_layer``. Used by ``tp-rag tune``.
+        ``progress(n)`` is called after each batch with the number of texts it completed.
 
         >>> enc.encode_layers(["a", "b"], [10, 20, -1])[20].shape  # doctest: +SKIP
         (2, 896)
@@ -328,11 +330,21 @@ class TPEncoder:
                 len(items),
                 self.config.max_length,
             )
+        done = {"prompts": 0, "texts": 0}
+
+        def on_batch(prompts: int) -> None:  # a text is done once all its prompts are
+            done["prompts"] += prompts
+            texts_done = done["prompts"] // per_text
+            if progress is not None and texts_done > done["texts"]:
+                progress(texts_done - done["texts"])
+            done["texts"] = texts_done
+
         pooled = self._run(
             features,
             readout_layers=sorted(set(readout.values())),
             batch_size=batch_size or self.config.batch_size,
             show_progress=show_progress,
+            on_batch=on_batch,
         )
         result = {}
         for layer, index in readout.items():
@@ -576,8 +588,10 @@ class TPEncoder:
         readout_layers: list[int],
         batch_size: int,
         show_progress: bool | None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Forward the prompts in length-sorted batches; pooled vectors per layer, input order."""
+        """Forward the prompts in length-sorted batches; pooled vectors per layer, input order.
+        ``on_batch(n)`` follows each batch of ``n`` prompts."""
         loaded = self._loaded
         max_tokens = self.config.batch_token_budget(loaded.device.type)
         batches = token_budget_batches(
@@ -593,6 +607,8 @@ class TPEncoder:
                     if layer not in out:
                         out[layer] = np.empty((len(features), vectors.shape[1]), np.float32)
                     out[layer][batch] = vectors
+                if on_batch is not None:
+                    on_batch(len(batch))
         return out
 
     def _forward(

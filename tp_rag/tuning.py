@@ -135,8 +135,9 @@ def layer_vectors(
 
     Texts go through ``encode_layers`` in slices of ``chunk_size`` (longest first, so slices pad
     little); each slice's rows are written into the layers' files at once, so host memory holds
-    one slice of every layer, never all texts at all layers. Returns ``{layer: path}``; load a
-    layer with ``np.load(path, mmap_mode="r")``.
+    one slice of every layer, never all texts at all layers. ``progress(n)`` follows every
+    batch with the texts it completed (a slice is many batches: a long one still reports).
+    Returns ``{layer: path}``; load a layer with ``np.load(path, mmap_mode="r")``.
     """
     folder = Path(folder)
     paths = {layer: folder / f"{name}-layer{layer}.npy" for layer in layers}
@@ -149,11 +150,11 @@ def layer_vectors(
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for begin in range(0, len(order), chunk_size):
         rows = order[begin : begin + chunk_size]
-        vectors = encoder.encode_layers([texts[i] for i in rows], list(layers), tp=tp, query=query)
+        vectors = encoder.encode_layers(
+            [texts[i] for i in rows], list(layers), tp=tp, query=query, progress=progress
+        )
         for layer, file in files.items():
             file[rows] = vectors[layer]
-        if progress is not None:
-            progress(len(rows))
         del vectors
     for file in files.values():
         file.flush()
