@@ -245,13 +245,13 @@ class EmbeddingService:
                     job.future.set_result(result)
 
     def _compute(self, jobs: list[_Job]) -> list[_Done | BaseException]:
-        """Tokenize each job apart (a bad one fails alone), then run the jobs of each
-        (input kind, tp) together through the encoder; queries get the encoder's query prompt
-        (``query=True``), as ``encode`` gives them."""
+        """Tokenize each job apart (a bad one fails alone), then run the jobs of each input kind
+        together through the encoder (TP on and off mix: the placeholders are in the tokens);
+        queries get the encoder's query prompt (``query=True``), as ``encode`` gives them."""
         encoder = self.encoder
         assert encoder is not None  # the worker runs once the model is loaded
         results: list[_Done | BaseException] = [RuntimeError("not run")] * len(jobs)
-        groups: dict[tuple[str, bool], list[tuple[int, list[PromptFeatures]]]] = {}
+        groups: dict[str, list[tuple[int, list[PromptFeatures]]]] = {}
         for index, job in enumerate(jobs):
             query = job.kind == "query"
             try:
@@ -277,8 +277,8 @@ class EmbeddingService:
                         "input",
                     )
                     continue
-            groups.setdefault((job.kind, job.tp), []).append((index, features))
-        for (kind, _tp), members in groups.items():
+            groups.setdefault(job.kind, []).append((index, features))
+        for kind, members in groups.items():
             try:
                 vectors = encoder.encode_tokenized(
                     [f for _, features in members for f in features],
