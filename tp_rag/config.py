@@ -223,6 +223,10 @@ class TPConfig:
             return self.templates
         return resolve_prompt(self.query_prompt, self.method)
 
+    def templates_for(self, *, query: bool) -> tuple[str, ...]:
+        """``query_templates`` for queries, ``templates`` for documents."""
+        return self.query_templates if query else self.templates
+
     @property
     def cleans_text(self) -> bool:
         """Whether the TP paper's sentence clean-up applies."""

@@ -398,7 +398,7 @@ class TPEncoder:
             batch_size=self.config.batch_size,
             show_progress=False,
         )[layer]
-        templates = self.config.query_templates if query else self.config.templates
+        templates = self.config.templates_for(query=query)
         return self._finish(vectors, len(templates), normalize)
 
     def _finish(self, vectors: np.ndarray, per_text: int, normalize: bool | None) -> np.ndarray:
@@ -419,7 +419,7 @@ class TPEncoder:
         if prompt is not None:
             templates = resolve_prompt(prompt, self.config.method)
         else:
-            templates = self.config.query_templates if query else self.config.templates
+            templates = self.config.templates_for(query=query)
         self._check_max_length(templates)
         if self.config.cleans_text:
             items = [clean_sentence(t) for t in items]

@@ -264,8 +264,7 @@ class EmbeddingService:
                 results[index] = error
                 continue
             if not job.truncate:
-                templates = encoder.config.query_templates if query else encoder.config.templates
-                per_text = len(templates)
+                per_text = len(encoder.config.templates_for(query=query))
                 long = [i // per_text for i, f in enumerate(features) if f.truncated]
                 if long:
                     results[index] = RequestError(
