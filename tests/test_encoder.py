@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -383,16 +385,76 @@ def test_batch_size_still_caps_the_rows(tiny_llama: Path) -> None:
     assert [rows for rows, _ in _forward_shapes(encoder, texts, batch_size=4)] == [4, 4, 2]
 
 
-def test_token_budget_batches_rule() -> None:
-    """Longest first; a batch closes when one more row would pass either limit."""
+def _set_partitions(items: list[int]) -> Iterator[list[list[int]]]:
+    """Every way to split ``items`` into groups (Bell-number many; small lists only)."""
+    if not items:
+        yield []
+        return
+    head, rest = items[0], items[1:]
+    for partition in _set_partitions(rest):
+        yield [[head], *partition]
+        for k in range(len(partition)):
+            yield [*partition[:k], [head, *partition[k]], *partition[k + 1 :]]
+
+
+def test_token_budget_batches_least_work() -> None:
+    """The batches are the least work (padded tokens + pass_tokens per pass) of every way to
+    group the prompts within the limits, checked against all groupings of small random inputs
+    (not only runs of the sorted order); each batch is listed longest first."""
     from tp_rag.encoder import token_budget_batches
 
-    lengths = [5, 50, 6, 40, 7, 50]
-    assert token_budget_batches(lengths, max_texts=8, max_tokens=100) == [[1, 5], [3, 4], [2, 0]]
-    assert token_budget_batches(lengths, max_texts=8, max_tokens=200) == [[1, 5, 3, 4], [2, 0]]
-    assert token_budget_batches(lengths, max_texts=2, max_tokens=1000) == [[1, 5], [3, 4], [2, 0]]
-    assert token_budget_batches([300], max_texts=8, max_tokens=100) == [[0]]
-    assert token_budget_batches([], max_texts=8, max_tokens=100) == []
+    rng = random.Random(7)
+    for _ in range(150):
+        lengths = [rng.choice([3, 5, 8, 20, 40, 41, 90]) for _ in range(rng.randint(1, 7))]
+        limits = {
+            "max_texts": rng.randint(1, 4),
+            "max_tokens": rng.choice([60, 100, 200, 1000]),
+            "pass_tokens": rng.choice([0, 10, 64, 500]),
+        }
+        got = token_budget_batches(lengths, **limits)
+        assert sorted(i for batch in got for i in batch) == list(range(len(lengths)))
+        assert all(_allowed(batch, lengths, **limits) for batch in got)
+        for batch in got:
+            assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+        best = min(
+            _work(p, lengths, limits["pass_tokens"])
+            for p in _set_partitions(list(range(len(lengths))))
+            if all(_allowed(batch, lengths, **limits) for batch in p)
+        )
+        assert _work(got, lengths, limits["pass_tokens"]) == best, (lengths, limits, got)
+
+
+def _allowed(
+    batch: list[int], lengths: list[int], *, max_texts: int, max_tokens: int, pass_tokens: int
+) -> bool:
+    rows, width = len(batch), max(lengths[i] for i in batch)
+    return rows <= max_texts and (rows == 1 or rows * width <= max_tokens)
+
+
+def _work(batches: list[list[int]], lengths: list[int], pass_tokens: int) -> int:
+    return sum(len(b) * max(lengths[i] for i in b) + pass_tokens for b in batches)
+
+
+def test_token_budget_batches_cpu_and_gpu_costs() -> None:
+    """A cheap pass (a CPU) keeps passages and sentences apart; a costly one (a GPU) runs them
+    together when the budget allows; the limits always hold; ties go to fewer, fuller batches,
+    longest first."""
+    from tp_rag.encoder import token_budget_batches
+
+    lengths = [10, 300, 12, 290]
+    cheap = token_budget_batches(lengths, max_texts=32, max_tokens=1200, pass_tokens=64)
+    assert cheap == [[1, 3], [2, 0]]
+    costly = token_budget_batches(lengths, max_texts=32, max_tokens=1200, pass_tokens=2048)
+    assert costly == [[1, 3, 2, 0]]
+    assert token_budget_batches(lengths, max_texts=32, max_tokens=599, pass_tokens=2048) == [
+        [1],
+        [3],
+        [2, 0],
+    ]
+    assert token_budget_batches([300], max_texts=8, max_tokens=100, pass_tokens=64) == [[0]]
+    assert token_budget_batches([], max_texts=8, max_tokens=100, pass_tokens=64) == []
+    equal = token_budget_batches([7] * 10, max_texts=4, max_tokens=1000, pass_tokens=64)
+    assert equal == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_encode_layers_reports_each_batch(encoder: TPEncoder) -> None:

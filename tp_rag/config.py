@@ -39,6 +39,11 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
 DEFAULT_MAX_BATCH_TOKENS: dict[str, int] = {"cuda": 16384, "mps": 8192, "cpu": 8192}
 """``max_batch_tokens=None`` means this budget for the device type (at least ``max_length``)."""
 
+FORWARD_PASS_TOKENS: dict[str, int] = {"cuda": 2048, "mps": 1024, "cpu": 64}
+"""What one more forward pass costs on a device type, in tokens of padding: batches are cut where
+the padding they save is worth more (a CPU runs a pass of a few hundred tokens near its peak; a
+GPU needs thousands of tokens in a pass to be busy)."""
+
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
     """Check a Hugging Face ``hidden_states`` index against a model's depth; make it >= 0.

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tp_rag import loading
-from tp_rag.config import DEFAULT_MODEL, TPConfig, hidden_states_index
+from tp_rag.config import DEFAULT_MODEL, FORWARD_PASS_TOKENS, TPConfig, hidden_states_index
 from tp_rag.presets import default_settings, read_preset_file
 from tp_rag.prompts import (
     PLACEHOLDER,
@@ -593,9 +593,11 @@ class TPEncoder:
         """Forward the prompts in length-sorted batches; pooled vectors per layer, input order.
         ``on_batch(n)`` follows each batch of ``n`` prompts."""
         loaded = self._loaded
-        max_tokens = self.config.batch_token_budget(loaded.device.type)
         batches = token_budget_batches(
-            [len(f.input_ids) for f in features], max_texts=batch_size, max_tokens=max_tokens
+            [len(f.input_ids) for f in features],
+            max_texts=batch_size,
+            max_tokens=self.config.batch_token_budget(loaded.device.type),
+            pass_tokens=FORWARD_PASS_TOKENS.get(loaded.device.type, FORWARD_PASS_TOKENS["cpu"]),
         )
         if show_progress is None:  # as sentence-transformers: the bar follows the logging level
             show_progress = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
@@ -682,26 +684,46 @@ class TPEncoder:
 
 
 def token_budget_batches(
-    lengths: Sequence[int], *, max_texts: int, max_tokens: int
+    lengths: Sequence[int], *, max_texts: int, max_tokens: int, pass_tokens: int
 ) -> list[list[int]]:
     """Group prompts (given by their lengths in tokens) into batches, longest first, each of at
-    most ``max_texts`` prompts and ``max_tokens`` tokens counting padding (rows x the longest).
+    most ``max_texts`` prompts and ``max_tokens`` tokens counting padding (rows x the longest),
+    with the least work: padded tokens plus ``pass_tokens`` for each forward pass.
 
-    Short prompts fill big batches; long ones make small batches, so the memory of a batch is
-    bounded whatever the lengths. A prompt longer than ``max_tokens`` goes alone.
+    Batches are runs of the length-sorted prompts (a prompt longer than ``max_tokens`` goes
+    alone); where to cut them is chosen exactly (dynamic programming over the runs), so a batch is
+    split where the padding it saves outweighs one more forward pass. A small ``pass_tokens``
+    (a CPU, where a pass of a few hundred tokens already runs near the machine's peak) gives
+    length-close batches; a large one (a GPU, which needs many rows to be busy) gives few wide
+    ones. Ties go to the fewer, larger batches.
 
-    >>> token_budget_batches([10, 300, 12, 290], max_texts=32, max_tokens=600)
+    >>> token_budget_batches([10, 300, 12, 290], max_texts=32, max_tokens=600, pass_tokens=64)
     [[1, 3], [2, 0]]
+    >>> token_budget_batches([10, 300, 12, 290], max_texts=32, max_tokens=1200, pass_tokens=64)
+    [[1, 3], [2, 0]]
+    >>> token_budget_batches([10, 300, 12, 290], max_texts=32, max_tokens=1200, pass_tokens=1000)
+    [[1, 3, 2, 0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable for equal lengths
+    ordered = [lengths[i] for i in order]
+    # work[i]: least work for sorted prompts i.. onwards; stop[i]: the end of the batch at i.
+    work = [0] * (len(order) + 1)
+    stop = [0] * len(order)
+    for first in range(len(order) - 1, -1, -1):
+        best = -1
+        for end in range(first + 1, min(first + max_texts, len(order)) + 1):
+            padded = (end - first) * ordered[first]  # sorted longest first: width = first's
+            if end > first + 1 and padded > max_tokens:
+                break  # one more row only makes the batch bigger
+            cost = padded + pass_tokens + work[end]
+            if best < 0 or cost <= best:
+                best, stop[first] = cost, end
+        work[first] = best
     batches: list[list[int]] = []
-    for i in order:
-        batch = batches[-1] if batches else None
-        # Sorted longest first: a batch is as wide as its first prompt.
-        if batch and len(batch) < max_texts and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
-            batch.append(i)
-        else:
-            batches.append([i])
+    first = 0
+    while first < len(order):
+        batches.append(order[first : stop[first]])
+        first = stop[first]
     return batches
 
 
