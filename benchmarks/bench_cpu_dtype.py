@@ -135,7 +135,12 @@ def main() -> None:
         if model_dir is None:
             model_dir = Path(tmp) / "model"
             build_real_shape(SHARED / "models" / SHAPE, model_dir, dtype="bfloat16")
-        lines = run(args, model_dir, str(args.model or SHAPE))
+        described = (
+            f"the model in `{args.model}`"
+            if args.model
+            else f"random weights (bfloat16 file), exact config and tokenizer of `{SHAPE}`"
+        )
+        lines = run(args, model_dir, described)
     lines.insert(
         0,
         f"Machine: {where}; torch threads {torch.get_num_threads()}; "
@@ -206,7 +211,7 @@ def run(args: argparse.Namespace, model_dir: Path, model_name: str) -> list[str]
 
     unit, scale = ("GFLOP/s", 1e9) if args.device == "cpu" else ("TFLOP/s", 1e12)
     lines = [
-        f"Model: random weights (bfloat16 file), exact config and tokenizer of `{model_name}` "
+        f"Model: {model_name} "
         f"({reference.num_layers} layers, hidden {text.hidden_size}, MLP {text.intermediate_size}"
         f"), on {args.device}; TP on, layers [{config.tp_start}, {config.tp_stop}), "
         f"output_layer {config.output_layer} ({used_layers} layers run), prompt {config.prompt}, "
