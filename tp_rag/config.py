@@ -42,7 +42,9 @@ DEFAULT_MAX_BATCH_TOKENS: dict[str, int] = {"cuda": 16384, "mps": 8192, "cpu": 8
 FORWARD_PASS_TOKENS: dict[str, int] = {"cuda": 2048, "mps": 1024, "cpu": 64}
 """What one more forward pass costs on a device type, in tokens of padding: batches are cut where
 the padding they save is worth more (a CPU runs a pass of a few hundred tokens near its peak; a
-GPU needs thousands of tokens in a pass to be busy)."""
+GPU needs thousands of tokens in a pass to be busy). The CPU value was chosen by timing 16 to
+100,000 on a 2-core EPYC (docs/benchmarks.md, bench_cpu_dtype.py of 2026-12-05); the CUDA and MPS
+values are estimates, not yet timed. Only the speed depends on it, never the vectors."""
 
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:
