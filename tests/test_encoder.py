@@ -457,6 +457,23 @@ def test_token_budget_batches_cpu_and_gpu_costs() -> None:
     assert equal == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
+def test_vectors_do_not_depend_on_the_order_of_the_texts(encoder: TPEncoder) -> None:
+    """A text's vector is bit for bit the same whatever the order of the texts in the call
+    (equal-length prompts join batches in one canonical order), so an evaluation that embeds
+    the same texts in another order (tune, then eval with its preset) scores them alike."""
+    # batch_size 2: the longest text (34 tokens in the tiny tokenizer) shares a batch, and its
+    # padding, with one of the three of 23 tokens; the other two go together.
+    texts = ["cats and dogs sleep in the sun", "a red kite", "a red kits", "a tan kite"]
+    assert [len(f.input_ids) for f in encoder.tokenize(texts)] == [34, 23, 23, 23]
+    for order in ([0, 1, 2, 3], [0, 3, 2, 1], [0, 2, 1, 3], [3, 1, 0, 2]):
+        alone = encoder.encode([texts[i] for i in order], batch_size=2)
+        vectors = np.empty_like(alone)
+        vectors[order] = alone
+        if order == [0, 1, 2, 3]:
+            first = vectors
+        assert np.array_equal(vectors, first), order
+
+
 def test_encode_layers_reports_each_batch(encoder: TPEncoder) -> None:
     """``progress`` hears of every batch (what tune shows while one slice is embedded), in
     counts that add up to the texts; MetaEOL's 8 prompts a text count as one text."""

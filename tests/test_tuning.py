@@ -67,15 +67,21 @@ def test_grid_cells_equal_separately_configured_encoders(
 
 def test_one_forward_pass_per_tp_stop(encoder: TPEncoder, sts_file: Path) -> None:
     """The model runs once per text per tp_stop candidate (+ once for the TP off row), however
-    many output layers are read: layer 0 sees one batch per candidate."""
+    many output layers are read: layer 0 sees every distinct text 3 + 1 times."""
+    task = read_sts(sts_file)
+    pairs = task.pooled()
+    texts, _ = text_index([*pairs.sentences1, *pairs.sentences2])
     first_layer = encoder._loaded.layers[0]
-    calls = []
-    handle = first_layer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    rows: list[int] = []
+    handle = first_layer.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append((args or [kwargs["hidden_states"]])[0].shape[0]),
+        with_kwargs=True,
+    )
     try:
-        tune(encoder, read_sts(sts_file), tp_stops=[2, 3, 4], layers=[1, 2, 3, 4])
+        tune(encoder, task, tp_stops=[2, 3, 4], layers=[1, 2, 3, 4])
     finally:
         handle.remove()
-    assert len(calls) == 3 + 1
+    assert sum(rows) == (3 + 1) * len(texts)
 
 
 def test_retrieval_grid_uses_the_eval_metric(encoder: TPEncoder, tmp_path: Path) -> None:

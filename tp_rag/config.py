@@ -44,7 +44,7 @@ FORWARD_PASS_TOKENS: dict[str, int] = {"cuda": 2048, "mps": 1024, "cpu": 64}
 the padding they save is worth more (a CPU runs a pass of a few hundred tokens near its peak; a
 GPU needs thousands of tokens in a pass to be busy). The CPU value was chosen by timing 16 to
 100,000 on a 2-core EPYC (docs/benchmarks.md, bench_cpu_dtype.py of 2026-12-05); the CUDA and MPS
-values are estimates, not yet timed. Only the speed depends on it, never the vectors."""
+values are estimates, not yet timed. It changes the speed, and the vectors only by rounding."""
 
 
 def hidden_states_index(layer: int, num_layers: int, name: str = "layer") -> int:

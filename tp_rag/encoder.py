@@ -593,12 +593,21 @@ class TPEncoder:
         """Forward the prompts in length-sorted batches; pooled vectors per layer, input order.
         ``on_batch(n)`` follows each batch of ``n`` prompts."""
         loaded = self._loaded
-        batches = token_budget_batches(
-            [len(f.input_ids) for f in features],
-            max_texts=batch_size,
-            max_tokens=self.config.batch_token_budget(loaded.device.type),
-            pass_tokens=FORWARD_PASS_TOKENS.get(loaded.device.type, FORWARD_PASS_TOKENS["cpu"]),
+        # Equal-length prompts in one order whatever the call's order (by their ids): which batch
+        # a prompt joins, and so its rounding, depends on the set of prompts, not their order.
+        canonical = sorted(
+            range(len(features)),
+            key=lambda i: (-len(features[i].input_ids), features[i].input_ids.tobytes()),
         )
+        batches = [
+            [canonical[i] for i in batch]
+            for batch in token_budget_batches(
+                [len(features[i].input_ids) for i in canonical],
+                max_texts=batch_size,
+                max_tokens=self.config.batch_token_budget(loaded.device.type),
+                pass_tokens=FORWARD_PASS_TOKENS.get(loaded.device.type, FORWARD_PASS_TOKENS["cpu"]),
+            )
+        ]
         if show_progress is None:  # as sentence-transformers: the bar follows the logging level
             show_progress = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         out: dict[int, np.ndarray] = {}
