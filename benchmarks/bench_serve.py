@@ -46,6 +46,7 @@ from _common import (
 from servers import tp_rag_serve
 
 from tp_rag import TPEncoder
+from tp_rag.vectors import unit_rows
 
 
 def cranfield_passages(count: int, seed: int = 0) -> list[str]:
@@ -107,12 +108,7 @@ def measure(url: str, texts: list[str], clients: int, reference: np.ndarray, exa
     after = metrics(url)
     got = np.asarray(vectors, dtype=np.float64)
     error = float(np.abs(got - reference).max())
-    cosine = float(
-        np.min(
-            (got * reference).sum(1)
-            / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
-        )
-    )
+    cosine = float((unit_rows(got) * unit_rows(reference)).sum(1).min())
     if exact:
         assert error <= 1e-5, f"server vectors differ from encode by {error}"
     else:
